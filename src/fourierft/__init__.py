@@ -1,0 +1,23 @@
+"""fourierft: fast, exact FourierFT adapters for PyTorch and Transformers models, in PEFT's format.
+
+    from fourierft import FourierFTConfig, get_fourierft_model, param_groups
+    model = get_fourierft_model(base_model, FourierFTConfig(target_modules=["query", "value"]))
+    optimizer = torch.optim.AdamW(param_groups(model, lr=5e-2, head_lr=1e-3))
+"""
+
+from . import functional
+from .config import FourierFTConfig
+from .layer import BASE_ADAPTER
+from .model import FourierFTModel, get_fourierft_model
+from .optim import param_groups
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BASE_ADAPTER",
+    "FourierFTConfig",
+    "FourierFTModel",
+    "functional",
+    "get_fourierft_model",
+    "param_groups",
+]

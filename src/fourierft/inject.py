@@ -1,0 +1,226 @@
+"""Find target modules, wrap them in adapter layers, and set what trains.
+
+Matching follows PEFT: a list entry matches a module name exactly or as a ".suffix"; a str is a
+full regex match. n_frequency_pattern / scaling_pattern keys are regexes matched against the end
+of the module name (``(.*\\.)?key$``); the first matching key wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from torch import nn
+
+from .config import FourierFTConfig
+from .layer import FourierFTEmbedding, FourierFTLayer, ModulesToSave, adapter_class_for
+
+__all__ = ["inject_adapter", "adapter_layers", "modules_to_save_wrappers", "set_trainable", "default_target_modules"]
+
+# Defaults for transformers model types when target_modules is None (attention query and value).
+_DEFAULT_TARGETS = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "distilbert": ["q_lin", "v_lin"],
+    "vit": ["query", "value"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "opt": ["q_proj", "v_proj"],
+    "gpt2": ["c_attn"],
+    "t5": ["q", "v"],
+}
+
+
+def default_target_modules(model: nn.Module) -> list[str]:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in _DEFAULT_TARGETS:
+        raise ValueError(
+            f"target_modules is not set and there is no default for model type {model_type!r}; "
+            "pass target_modules=[...] with the names of the layers to adapt (e.g. ['q_proj', 'v_proj'])"
+        )
+    return _DEFAULT_TARGETS[model_type]
+
+
+def _name_matches(name: str, spec) -> bool:
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(name == s or name.endswith("." + s) for s in spec)
+
+
+def _layer_index_ok(name: str, config: FourierFTConfig) -> bool:
+    if config.layers_to_transform is None:
+        return True
+    wanted = [config.layers_to_transform] if isinstance(config.layers_to_transform, int) else config.layers_to_transform
+    patterns = [config.layers_pattern] if isinstance(config.layers_pattern, str) else (config.layers_pattern or [r"[^.]*"])
+    for pattern in patterns:
+        match = re.match(rf"(?:.*\.)?(?:{pattern})\.(\d+)\.", name)
+        if match:
+            return int(match.group(1)) in wanted
+    return False
+
+
+def pattern_value(patterns: dict, name: str, default):
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default
+
+
+def _fused_spec(config: FourierFTConfig, name: str):
+    for key, spec in config.fused_slices.items():
+        if _name_matches(name, [key]):
+            return spec["chunks"], tuple(spec["adapt"])
+    return 1, (0,)
+
+
+def _tied_elsewhere(model: nn.Module, name: str, module: nn.Module) -> list[str]:
+    weight = module.weight
+    return [
+        f"{mod_name}.{p_name}" if mod_name else p_name
+        for mod_name, mod in model.named_modules(remove_duplicate=False)
+        for p_name, p in mod.named_parameters(recurse=False, remove_duplicate=False)
+        if p is weight and mod_name != name and mod_name != f"{name}.base_layer"
+    ]
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _inside_wrapper(name: str) -> bool:
+    return not {"base_layer", "original_module", "modules_to_save"}.isdisjoint(name.split("."))
+
+
+def _targets(model: nn.Module, config: FourierFTConfig) -> list[tuple[str, nn.Module]]:
+    targets = config.target_modules if config.target_modules is not None else default_target_modules(model)
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, ModulesToSave) or _inside_wrapper(name):
+            continue
+        if not name or not _name_matches(name, targets) or not _layer_index_ok(name, config):
+            continue
+        if config.exclude_modules is not None and _name_matches(name, config.exclude_modules):
+            continue
+        found.append((name, module))
+    if not found:
+        candidates = [n for n, m in model.named_modules() if adapter_class_for(m) is not None][:12]
+        raise ValueError(
+            f"target_modules={targets!r} matched no module of {type(model).__name__}; "
+            f"adaptable modules include {candidates} - use their names or '.suffix's"
+        )
+    return found
+
+
+def inject_adapter(model: nn.Module, config: FourierFTConfig, adapter_name: str) -> list[str]:
+    """Wrap every target of ``config`` (adding ``adapter_name`` to already wrapped ones). Returns their names."""
+    names = []
+    for name, module in _targets(model, config):
+        layer = module if isinstance(module, FourierFTLayer) else None
+        base = layer.base_layer if layer is not None else module
+        cls = adapter_class_for(base)
+        if cls is None:
+            raise TypeError(
+                f"module {name!r} is a {type(base).__name__}, which FourierFT cannot adapt; supported: nn.Linear, "
+                "transformers Conv1D, nn.Conv2d, nn.Embedding (without an overridden forward). Exclude it or pick other targets"
+            )
+        tied = _tied_elsewhere(model, name, base)
+        if tied and not config.untie_weights:
+            raise ValueError(
+                f"the weight of {name!r} is tied to {tied}; adapting it would change those too. Set untie_weights=True "
+                "to give the adapted module its own copy of the weight, or choose another target"
+            )
+        if tied and layer is None:
+            base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=base.weight.requires_grad)
+        if layer is None:
+            layer = cls(base)
+            _replace(model, name, layer)
+        _add_to_layer(layer, name, config, adapter_name)
+        names.append(name)
+    for name in _modules_to_save_names(model, config):
+        wrapper = model.get_submodule(name)
+        if not isinstance(wrapper, ModulesToSave):
+            wrapper = ModulesToSave(wrapper)
+            _replace(model, name, wrapper)
+        wrapper.add_adapter(adapter_name)
+    return names
+
+
+def _add_to_layer(layer: FourierFTLayer, name: str, config: FourierFTConfig, adapter_name: str) -> None:
+    chunks, adapt = _fused_spec(config, name)
+    if chunks > 1 and isinstance(layer, FourierFTEmbedding):
+        raise ValueError(f"fused_slices cannot apply to the embedding {name!r}")
+    n = pattern_value(config.n_frequency_pattern, name, config.n_frequency)
+    grid = (layer.d_out // chunks) * layer.d_in
+    if n > grid:
+        if not config.clamp_n_frequency:
+            raise ValueError(
+                f"n_frequency={n} exceeds the {layer.d_out // chunks}x{layer.d_in} = {grid} spectral entries of {name!r}; "
+                "lower n_frequency (or set it for this layer in n_frequency_pattern), or set clamp_n_frequency=True"
+            )
+        n = grid
+    sampler = config.sampler
+    if isinstance(layer, FourierFTEmbedding) and sampler == "uniform":
+        sampler = "uniform-fast"
+    layer.add_adapter(
+        adapter_name,
+        n,
+        pattern_value(config.scaling_pattern, name, config.scaling),
+        config.random_loc_seed,
+        sampler=sampler,
+        f_c=config.frequency_bias_center,
+        width=config.frequency_bias_width,
+        chunks=chunks,
+        adapt=adapt,
+        init_zeros=config.init_weights,
+    )
+
+
+def _modules_to_save_names(model: nn.Module, config: FourierFTConfig) -> list[str]:
+    wanted = config.modules_to_save or ()
+    names = []
+    for name, module in model.named_modules():
+        if _inside_wrapper(name):
+            continue
+        if wanted and _name_matches(name, list(wanted)):
+            names.append(name)
+    missing = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in names)]
+    if missing:
+        raise ValueError(f"modules_to_save {missing} matched no module of {type(model).__name__}")
+    return names
+
+
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, FourierFTLayer]]:
+    for name, module in model.named_modules():
+        if isinstance(module, FourierFTLayer):
+            yield name, module
+
+
+def modules_to_save_wrappers(model: nn.Module) -> Iterator[tuple[str, ModulesToSave]]:
+    for name, module in model.named_modules():
+        if isinstance(module, ModulesToSave):
+            yield name, module
+
+
+def set_trainable(model: nn.Module, adapter_name: str | None, bias: str) -> None:
+    """Freeze everything, then unfreeze the coefficients and saved modules of ``adapter_name`` and the biases
+    that ``bias`` asks for. ``adapter_name=None`` freezes all (inference)."""
+    model.requires_grad_(False)
+    if adapter_name is None:
+        return
+    for _, layer in adapter_layers(model):
+        if adapter_name in layer.fourierft_spectrum:
+            layer.fourierft_spectrum[adapter_name].requires_grad_(True)
+            if bias == "fourier_only" and getattr(layer.base_layer, "bias", None) is not None:
+                layer.base_layer.bias.requires_grad_(True)
+    for _, wrapper in modules_to_save_wrappers(model):
+        if adapter_name in wrapper.modules_to_save:
+            wrapper.modules_to_save[adapter_name].requires_grad_(True)
+    if bias == "all":
+        for name, param in model.named_parameters():
+            if name.endswith("bias") and ".original_module." not in name:
+                param.requires_grad_(True)

@@ -1,0 +1,322 @@
+"""Adapter layers. Each holds a frozen base layer and any number of named FourierFT adapters.
+
+The layers only hold state (coefficients, positions, which adapters are active or merged) and
+call the math in ``functional`` / ``kernels``. Every layer reads its base weight as a matrix
+(d_out, d_in) and adapts that matrix:
+- ``nn.Linear``: weight (out, in) as is.
+- GPT-2 ``Conv1D``: weight stored (in, out); the matrix is its transpose (detected, no flag needed).
+- ``nn.Conv2d``: weight (out, in/groups, kh, kw) flattened row-major to (out, in/groups*kh*kw),
+  i.e. column q = (c * kh + i) * kw + j for input channel c (within its group) and tap (i, j).
+- ``nn.Embedding``: weight (num_embeddings, embedding_dim) as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .functional import delta_rows, spectral_positions
+from .kernels import MODES, Block, fourier_linear, needs_separate_term, plan_delta_weight
+
+__all__ = [
+    "BASE_ADAPTER",
+    "AdapterSpec",
+    "FourierFTLayer",
+    "FourierFTLinear",
+    "FourierFTConv2d",
+    "FourierFTEmbedding",
+    "ModulesToSave",
+    "per_example_adapters",
+]
+
+BASE_ADAPTER = "__base__"  # in per-example adapter lists: no adapter for this row
+_ROW_ADAPTERS: ContextVar[tuple[str, ...] | None] = ContextVar("fourierft_row_adapters", default=None)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+@contextmanager
+def per_example_adapters(names):
+    """Within the block, row i of every batch uses adapter names[i] (BASE_ADAPTER: none)."""
+    token = _ROW_ADAPTERS.set(tuple(names))
+    try:
+        yield
+    finally:
+        _ROW_ADAPTERS.reset(token)
+
+
+def check_adapter_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or name == BASE_ADAPTER:
+        raise ValueError(f"invalid adapter name {name!r}: use letters, digits, '_' or '-' (not {BASE_ADAPTER!r})")
+    return name
+
+
+def _row_groups(names, n_rows, device):
+    if len(names) != n_rows:
+        raise ValueError(f"adapter_names has {len(names)} entries but the batch has {n_rows} rows; give one name per row")
+    for name in dict.fromkeys(names):
+        yield name, torch.tensor([i for i, n in enumerate(names) if n == name], device=device)
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What one adapter of one layer is: n coefficients per adapted slice, positions from the seed."""
+
+    n: int
+    scaling: float
+    seed: int
+    sampler: str  # a key of functional.SAMPLERS
+    slices: tuple[tuple[int, int], ...]  # adapted output-row ranges [start, stop) of the weight matrix
+    f_c: float = 0.0
+    width: float = 200.0
+
+    @property
+    def grid(self) -> int:
+        """Rows of each slice's spectral grid."""
+        start, stop = self.slices[0]
+        return stop - start
+
+
+class FourierFTLayer(nn.Module):
+    """Base class: adapter bookkeeping shared by all layer types. Subclasses give the geometry and forward."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.fourierft_spectrum = nn.ParameterDict()  # name -> (n,) or (slices, n) coefficients
+        self.specs: dict[str, AdapterSpec] = {}
+        self.active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self.disabled = False
+        self.mode = "auto"  # kernels.fourier_linear mode, for linear layers
+        self.d_out, self.d_in = self.weight_matrix().shape
+
+    # ---- geometry (subclasses) ----
+    def weight_matrix(self) -> torch.Tensor:
+        """The base weight viewed as (d_out, d_in), sharing storage."""
+        raise NotImplementedError
+
+    def _forward_with(self, x, names, *args, **kwargs):
+        raise NotImplementedError
+
+    # ---- adapters ----
+    def add_adapter(self, name, n, scaling, seed, *, sampler="uniform", f_c=0.0, width=200.0, chunks=1, adapt=(0,), init_zeros=False):
+        check_adapter_name(name)
+        if name in self.specs:
+            raise ValueError(f"adapter {name!r} already exists in this layer")
+        if self.d_out % chunks:
+            raise ValueError(f"cannot split {self.d_out} output rows into {chunks} equal fused slices")
+        rows_per = self.d_out // chunks
+        spec = AdapterSpec(n, float(scaling), int(seed), sampler, tuple((a * rows_per, (a + 1) * rows_per) for a in adapt), f_c, width)
+        rows, cols = spectral_positions(rows_per, self.d_in, n, seed, sampler, f_c, width)
+        weight = self.weight_matrix()
+        shape = (n,) if chunks == 1 else (len(spec.slices), n)
+        coeffs = torch.zeros(shape) if init_zeros else torch.randn(shape)
+        self.fourierft_spectrum[name] = nn.Parameter(coeffs.to(weight.device))
+        self.register_buffer(f"_rows_{name}", rows.to(weight.device), persistent=False)
+        self.register_buffer(f"_cols_{name}", cols.to(weight.device), persistent=False)
+        self.specs[name] = spec
+
+    def delete_adapter(self, name):
+        if name in self.merged_adapters:
+            raise RuntimeError(f"adapter {name!r} is merged into the base weight; unmerge it before deleting")
+        del self.fourierft_spectrum[name], self.specs[name]
+        delattr(self, f"_rows_{name}")
+        delattr(self, f"_cols_{name}")
+        self.active_adapters = [a for a in self.active_adapters if a != name]
+
+    def set_active(self, names):
+        self.active_adapters = [n for n in names if n in self.specs]
+
+    def positions(self, name) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"_rows_{name}"), getattr(self, f"_cols_{name}")
+
+    def coeffs_and_plan(self, names) -> tuple[torch.Tensor, tuple[Block, ...]]:
+        """Scaled coefficients of the named adapters, flattened, and the blocks they fill."""
+        coeffs, plan, offset = [], [], 0
+        for name in names:
+            spec = self.specs[name]
+            rows, cols = self.positions(name)
+            coeffs.append((self.fourierft_spectrum[name] * spec.scaling).reshape(-1))
+            for start, stop in spec.slices:
+                plan.append(Block(start, stop, rows, cols, offset))
+                offset += spec.n
+        return torch.cat(coeffs), tuple(plan)
+
+    def delta_weight(self, name) -> torch.Tensor:
+        """dW of one adapter as the (d_out, d_in) matrix, float32 (float64 for float64 coefficients)."""
+        coeffs, plan = self.coeffs_and_plan([name])
+        return plan_delta_weight(coeffs, plan, self.d_out, self.d_in)
+
+    # ---- merge ----
+    @torch.no_grad()
+    def merge(self, names=None, safe_merge=True):
+        """Add dW of the named (default: active, unmerged) adapters to the base weight.
+
+        The sum is computed in float32 into a new tensor; with ``safe_merge`` a non-finite result is
+        refused before the base weight is touched.
+        """
+        names = [n for n in (self.active_adapters if names is None else names) if n in self.specs and n not in self.merged_adapters]
+        for name in names:
+            weight = self.weight_matrix()
+            merged = weight.to(torch.float32) + self.delta_weight(name).to(torch.float32)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"merging adapter {name!r} gives non-finite weights; the adapter seems broken")
+            weight.copy_(merged)
+            self.merged_adapters.append(name)
+
+    def unmerge(self):
+        """Subtract all merged adapters again (exact up to rounding in the base weight's dtype)."""
+        while self.merged_adapters:
+            self.unmerge_last()
+
+    @torch.no_grad()
+    def unmerge_last(self):
+        name = self.merged_adapters.pop()
+        weight = self.weight_matrix()
+        weight.copy_(weight.to(torch.float32) - self.delta_weight(name).to(torch.float32))
+
+    # ---- forward ----
+    def forward(self, x, *args, **kwargs):
+        if self.disabled:
+            if self.merged_adapters:
+                raise RuntimeError("adapters are merged into this layer's weight; unmerge them before disabling")
+            return self.base_layer(x, *args, **kwargs)
+        row_names = _ROW_ADAPTERS.get()
+        if row_names is not None:
+            return self._forward_per_example(x, row_names, *args, **kwargs)
+        todo = [a for a in self.active_adapters if a not in self.merged_adapters]
+        if not todo:
+            return self.base_layer(x, *args, **kwargs)
+        return self._forward_with(x, todo, *args, **kwargs)
+
+    def _forward_per_example(self, x, row_names, *args, **kwargs):
+        if self.merged_adapters:
+            raise RuntimeError("per-example adapter selection needs unmerged adapters; call unmerge_adapter() first")
+        out = None
+        for name, idx in _row_groups(row_names, x.shape[0], x.device):
+            sub = x.index_select(0, idx)
+            y = self._forward_with(sub, [name], *args, **kwargs) if name in self.specs else self.base_layer(sub, *args, **kwargs)
+            out = y.new_zeros((x.shape[0], *y.shape[1:])) if out is None else out
+            out = out.index_copy(0, idx, y)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"d_out={self.d_out}, d_in={self.d_in}, adapters={list(self.specs)}, active={self.active_adapters}"
+
+
+def _is_conv1d(module) -> bool:
+    """GPT-2's transformers Conv1D, detected without importing transformers."""
+    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers")
+
+
+class FourierFTLinear(FourierFTLayer):
+    """nn.Linear, or transformers' Conv1D (weight stored transposed)."""
+
+    def __init__(self, base_layer):
+        self.transposed = _is_conv1d(base_layer)
+        super().__init__(base_layer)
+
+    def weight_matrix(self):
+        w = self.base_layer.weight
+        return w.t() if self.transposed else w
+
+    def _forward_with(self, x, names):
+        coeffs, plan = self.coeffs_and_plan(names)
+        return fourier_linear(x, self.weight_matrix(), self.base_layer.bias, coeffs, plan, self.mode)
+
+
+class FourierFTConv2d(FourierFTLayer):
+    """nn.Conv2d with dW over out_channels x (in_channels/groups * kh * kw)."""
+
+    def weight_matrix(self):
+        w = self.base_layer.weight
+        return w.view(w.shape[0], -1)
+
+    def _forward_with(self, x, names):
+        conv = self.base_layer
+        coeffs, plan = self.coeffs_and_plan(names)
+        dw = plan_delta_weight(coeffs, plan, self.d_out, self.d_in).view(conv.weight.shape)
+        if needs_separate_term(x, conv.weight):  # keep dW out of the rounded weight
+            return conv(x) + conv._conv_forward(x, dw.to(x.dtype), None)
+        return conv._conv_forward(x, (conv.weight.to(dw.dtype) + dw).to(x.dtype), conv.bias)
+
+
+class FourierFTEmbedding(FourierFTLayer):
+    """nn.Embedding; dW rows are computed only for the looked-up ids (``functional.delta_rows``)."""
+
+    def weight_matrix(self):
+        return self.base_layer.weight
+
+    def _forward_with(self, ids, names):
+        out = self.base_layer(ids)
+        for name in names:
+            spec = self.specs[name]
+            rows, cols = self.positions(name)
+            coeffs = self.fourierft_spectrum[name] * spec.scaling
+            out = out + delta_rows(coeffs, rows, cols, self.d_out, self.d_in, 1.0, ids).to(out.dtype)
+        return out
+
+
+LAYER_TYPES: dict[type, type[FourierFTLayer]] = {
+    nn.Linear: FourierFTLinear,
+    nn.Conv2d: FourierFTConv2d,
+    nn.Embedding: FourierFTEmbedding,
+}
+
+
+def adapter_class_for(module: nn.Module) -> type[FourierFTLayer] | None:
+    """The adapter class for a module, or None. Subclasses that change forward are not supported."""
+    if _is_conv1d(module):
+        return FourierFTLinear
+    for base_type, cls in LAYER_TYPES.items():
+        if isinstance(module, base_type) and type(module).forward is base_type.forward:
+            return cls
+    return None
+
+
+class ModulesToSave(nn.Module):
+    """A module trained fully and saved with the adapter (task head): one trainable copy per adapter."""
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        self.original_module = original
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.disabled = False
+
+    def add_adapter(self, name):
+        self.modules_to_save[name] = copy.deepcopy(self.original_module)
+
+    def delete_adapter(self, name):
+        del self.modules_to_save[name]
+        if self.active_adapter == name:
+            self.active_adapter = None
+
+    def set_active(self, names):
+        self.active_adapter = next((n for n in names if n in self.modules_to_save), None)
+
+    def forward(self, x, *args, **kwargs):
+        row_names = _ROW_ADAPTERS.get()
+        if row_names is not None and not self.disabled:
+            out = None
+            for name, idx in _row_groups(row_names, x.shape[0], x.device):
+                module = self.modules_to_save[name] if name in self.modules_to_save else self.original_module
+                y = module(x.index_select(0, idx), *args, **kwargs)
+                out = y.new_zeros((x.shape[0], *y.shape[1:])) if out is None else out
+                out = out.index_copy(0, idx, y)
+            return out
+        if self.disabled or self.active_adapter is None:
+            return self.original_module(x, *args, **kwargs)
+        return self.modules_to_save[self.active_adapter](x, *args, **kwargs)
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    return mode

@@ -1,0 +1,284 @@
+"""FourierFTModel: a thin wrapper around any nn.Module (or transformers PreTrainedModel) whose target
+layers were replaced, in place, by adapter layers. Everything else passes through to the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from contextlib import contextmanager
+from pathlib import Path
+
+from torch import nn
+
+from .config import FourierFTConfig
+from .inject import adapter_layers, default_target_modules, inject_adapter, modules_to_save_wrappers, set_trainable
+from .io import check_positions, read_adapter, write_adapter
+from .layer import BASE_ADAPTER, check_adapter_name, check_mode, per_example_adapters
+from .state import adapter_state_dict, load_adapter_state_dict
+
+__all__ = ["FourierFTModel", "get_fourierft_model"]
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+class FourierFTModel(nn.Module):
+    """The adapted model. ``model.model`` is the original model, its target layers now adapter layers."""
+
+    def __init__(self, model: nn.Module, config: FourierFTConfig, adapter_name: str = "default"):
+        super().__init__()
+        self.model = model
+        self.peft_config: dict[str, FourierFTConfig] = {}
+        self.active_adapters: list[str] = []
+        try:
+            self._signature = inspect.signature(model.forward)
+        except (TypeError, ValueError):
+            self._signature = None
+        self.add_adapter(adapter_name, config)
+        self.set_adapter(adapter_name)
+
+    # ---- calling the model ----
+    def _forward(self, *args, adapter_names=None, **kwargs):
+        if adapter_names is None:
+            return self.model(*args, **kwargs)
+        with self._rows_use(adapter_names):
+            return self.model(*args, **kwargs)
+
+    @property
+    def forward(self):
+        """The model's forward, plus ``adapter_names=[...]`` (one adapter name per batch row, or "__base__").
+
+        Its signature is the base model's, so tools that inspect it (HF Trainer's column pruning) see the
+        arguments they expect.
+        """
+        fn = functools.partial(FourierFTModel._forward, self)
+        if self._signature is not None:
+            fn.__signature__ = self._signature
+        return fn
+
+    def generate(self, *args, adapter_names=None, **kwargs):
+        if adapter_names is None:
+            return self.model.generate(*args, **kwargs)
+        with self._rows_use(adapter_names):
+            return self.model.generate(*args, **kwargs)
+
+    @contextmanager
+    def _rows_use(self, adapter_names):
+        unknown = sorted(set(adapter_names) - set(self.peft_config) - {BASE_ADAPTER})
+        if unknown:
+            raise ValueError(f"adapter_names holds unknown adapters {unknown}; known: {sorted(self.peft_config)} and {BASE_ADAPTER!r}")
+        with per_example_adapters(adapter_names):
+            yield
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    def get_base_model(self) -> nn.Module:
+        return self.model
+
+    # ---- adapters ----
+    @property
+    def active_adapter(self) -> str | None:
+        return self.active_adapters[0] if self.active_adapters else None
+
+    def add_adapter(self, adapter_name: str, config: FourierFTConfig) -> None:
+        """Add an adapter (inactive and frozen unless it is the first). ``config`` is not changed."""
+        check_adapter_name(adapter_name)
+        if not isinstance(config, FourierFTConfig):
+            raise TypeError(f"config must be a FourierFTConfig, got {type(config).__name__}")
+        if adapter_name in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} already exists; delete_adapter() it first or pick another name")
+        if config.target_modules is None:
+            config = config.replace(target_modules=default_target_modules(self.model))
+        try:
+            inject_adapter(self.model, config, adapter_name)
+        except Exception:
+            self._remove_everywhere(adapter_name)
+            raise
+        self.peft_config[adapter_name] = config
+        for _, layer in self._layers():
+            layer.set_active(self.active_adapters)
+        for _, wrapper in self._wrappers():
+            wrapper.set_active(self.active_adapters)
+        if self.active_adapters:  # keep the new adapter frozen
+            self._set_trainable()
+
+    def set_adapter(self, adapter_name: str | list[str]) -> None:
+        """Make these adapters active (their sum is applied); the first one's parameters train."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown or not names:
+            raise ValueError(f"unknown adapters {unknown}; known: {sorted(self.peft_config)}")
+        self.active_adapters = names
+        for _, layer in self._layers():
+            layer.set_active(names)
+        for _, wrapper in self._wrappers():
+            wrapper.set_active(names)
+        self._set_trainable()
+
+    def _set_trainable(self) -> None:
+        config = self.peft_config[self.active_adapter]
+        set_trainable(self.model, None if config.inference_mode else self.active_adapter, config.bias)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"unknown adapter {adapter_name!r}; known: {sorted(self.peft_config)}")
+        self._remove_everywhere(adapter_name)
+        del self.peft_config[adapter_name]
+        remaining = [n for n in self.active_adapters if n != adapter_name] or list(self.peft_config)[:1]
+        if remaining:
+            self.set_adapter(remaining)
+        else:
+            self.active_adapters = []
+
+    def _remove_everywhere(self, adapter_name: str) -> None:
+        for name, layer in list(self._layers()):
+            if adapter_name in layer.specs:
+                layer.delete_adapter(adapter_name)
+            if not layer.specs:
+                _replace(self.model, name, layer.base_layer)
+        for name, wrapper in list(self._wrappers()):
+            if adapter_name in wrapper.modules_to_save:
+                wrapper.delete_adapter(adapter_name)
+            if not len(wrapper.modules_to_save):
+                _replace(self.model, name, wrapper.original_module)
+
+    def _layers(self):
+        return adapter_layers(self.model)
+
+    def _wrappers(self):
+        return modules_to_save_wrappers(self.model)
+
+    def set_mode(self, mode: str) -> None:
+        """Force a compute path for linear layers: "auto", "merged", "separate" or "reference" (see kernels)."""
+        check_mode(mode)
+        for _, layer in self._layers():
+            layer.mode = mode
+
+    @contextmanager
+    def disable_adapter(self):
+        """Run the base model: adapters and saved-module copies are bypassed inside the block.
+
+        Merged adapters are unmerged on entry and merged again on exit.
+        """
+        layers, wrappers = [layer for _, layer in self._layers()], [w for _, w in self._wrappers()]
+        merged = {layer: list(layer.merged_adapters) for layer in layers if layer.merged_adapters}
+        for layer in merged:
+            layer.unmerge()
+        for module in layers + wrappers:
+            module.disabled = True
+        try:
+            yield
+        finally:
+            for module in layers + wrappers:
+                module.disabled = False
+            for layer, names in merged.items():
+                layer.merge(names)
+
+    # ---- merging ----
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = True) -> None:
+        """Add dW of the active (or named) adapters into the base weights. All or nothing when safe_merge."""
+        done = []
+        try:
+            for _, layer in self._layers():
+                before = len(layer.merged_adapters)
+                layer.merge(adapter_names, safe_merge=safe_merge)
+                if len(layer.merged_adapters) > before:
+                    done.append((layer, before))
+        except Exception:
+            for layer, before in done:
+                while len(layer.merged_adapters) > before:
+                    layer.unmerge_last()
+            raise
+
+    def unmerge_adapter(self) -> None:
+        for _, layer in self._layers():
+            layer.unmerge()
+
+    def merge_and_unload(self, safe_merge: bool = True, adapter_names: list[str] | None = None) -> nn.Module:
+        """Merge, then put plain modules back: returns the original model type with no adapter modules left."""
+        self.merge_adapter(adapter_names, safe_merge=safe_merge)
+        return self._unwrap(keep_heads=True)
+
+    def unload(self) -> nn.Module:
+        """Remove all adapters without merging: returns the base model as it was."""
+        self.unmerge_adapter()
+        return self._unwrap(keep_heads=False)
+
+    def _unwrap(self, keep_heads: bool) -> nn.Module:
+        for name, layer in list(self._layers()):
+            _replace(self.model, name, layer.base_layer)
+        for name, wrapper in list(self._wrappers()):
+            head = wrapper.modules_to_save[wrapper.active_adapter] if keep_heads and wrapper.active_adapter else wrapper.original_module
+            _replace(self.model, name, head)
+        self.model.requires_grad_(False)
+        return self.model
+
+    # ---- parameters ----
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / max(total, 1):.4f}")
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        """Enable the model's gradient checkpointing; inputs get requires_grad so frozen embeddings still
+        pass gradients through checkpointed blocks."""
+        self.model.gradient_checkpointing_enable(**kwargs)
+        if hasattr(self.model, "enable_input_require_grads"):
+            self.model.enable_input_require_grads()
+
+    # ---- files ----
+    def save_pretrained(self, save_directory, selected_adapters: list[str] | None = None) -> None:
+        """Write each adapter as adapter_config.json + adapter_model.safetensors ("default" at the top level,
+        others in a sub-directory named after them, as PEFT does)."""
+        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"unknown adapters {unknown}; known: {sorted(self.peft_config)}")
+        for name in names:
+            config = self.peft_config[name]
+            if config.base_model_name_or_path is None:
+                base_name = getattr(getattr(self.model, "config", None), "name_or_path", None) or None
+                config = config.replace(base_model_name_or_path=base_name)
+            directory = Path(save_directory) if name == "default" else Path(save_directory) / name
+            state = adapter_state_dict(self.model, name, config.bias)
+            write_adapter(directory, config, state, self.model, name)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path_or_id, adapter_name: str = "default", is_trainable: bool = False, subfolder: str | None = None, **hub_kwargs) -> FourierFTModel:
+        """Wrap ``model`` with a saved adapter (ours or PEFT's FourierFT), from a directory or a hub id."""
+        config, state, metadata, directory = read_adapter(path_or_id, subfolder, **hub_kwargs)
+        wrapped = cls(model, config.replace(inference_mode=not is_trainable), adapter_name)
+        wrapped._load_state(adapter_name, state, metadata, str(directory))
+        return wrapped
+
+    def load_adapter(self, path_or_id, adapter_name: str, is_trainable: bool = False, subfolder: str | None = None, **hub_kwargs) -> None:
+        config, state, metadata, directory = read_adapter(path_or_id, subfolder, **hub_kwargs)
+        self.add_adapter(adapter_name, config.replace(inference_mode=not is_trainable))
+        try:
+            self._load_state(adapter_name, state, metadata, str(directory))
+        except Exception:
+            self.delete_adapter(adapter_name)
+            raise
+
+    def _load_state(self, adapter_name, state, metadata, source):
+        config = self.peft_config[adapter_name]
+        check_positions(self.model, adapter_name, metadata, source)
+        load_adapter_state_dict(self.model, state, adapter_name, config.bias, source=source)
+
+
+def get_fourierft_model(model: nn.Module, config: FourierFTConfig, adapter_name: str = "default") -> FourierFTModel:
+    """Replace the target layers of ``model`` in place by FourierFT adapter layers; return the wrapper."""
+    return FourierFTModel(model, config, adapter_name)
+
