@@ -118,6 +118,14 @@ def plan_coeff_grad(g: torch.Tensor, x: torch.Tensor, plan: tuple[Block, ...], n
     return grad
 
 
+def _separate(x, weight, bias, dw):
+    """x W^T + (x dW^T + b), the adapter term rounded on its own, then one fused multiply-add
+    (addmm accumulates in float32 and rounds once): no worse than the output's own rounding."""
+    x2 = x.reshape(-1, x.shape[-1])
+    term = F.linear(x2, dw.to(x.dtype), bias)
+    return torch.addmm(term, x2, weight.t().to(term.dtype)).reshape(*x.shape[:-1], weight.shape[0])
+
+
 class _FourierLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, coeffs, plan, merged):
@@ -127,7 +135,7 @@ class _FourierLinear(torch.autograd.Function):
         if merged:
             y = F.linear(x, (weight.to(dw.dtype) + dw).to(x.dtype), bias)
         else:
-            y = F.linear(x, weight, bias) + F.linear(x, dw.to(x.dtype))
+            y = _separate(x, weight, bias, dw)
         ctx.plan, ctx.merged = plan, merged
         ctx.save_for_backward(x, weight, coeffs)
         ctx.has_bias = bias is not None
@@ -145,7 +153,7 @@ class _FourierLinear(torch.autograd.Function):
             if ctx.merged:
                 grad_x = grad_out @ (weight.to(dw.dtype) + dw).to(grad_out.dtype)
             else:
-                grad_x = grad_out @ weight.to(grad_out.dtype) + grad_out @ dw.to(grad_out.dtype)
+                grad_x = _separate(grad_out, weight.t(), None, dw.t())
             grad_x = grad_x.to(x.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)
