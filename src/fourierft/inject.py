@@ -24,7 +24,7 @@ _DEFAULT_TARGETS = {
     "xlm-roberta": ["query", "value"],
     "deberta-v2": ["query_proj", "value_proj"],
     "distilbert": ["q_lin", "v_lin"],
-    "vit": ["query", "value"],
+    "vit": ["query", "value", "q_proj", "v_proj"],  # names before / after transformers 5
     "llama": ["q_proj", "v_proj"],
     "mistral": ["q_proj", "v_proj"],
     "qwen2": ["q_proj", "v_proj"],

@@ -33,31 +33,23 @@ class FourierFTModel(nn.Module):
         self.model = model
         self.peft_config: dict[str, FourierFTConfig] = {}
         self.active_adapters: list[str] = []
-        try:
-            self._signature = inspect.signature(model.forward)
-        except (TypeError, ValueError):
-            self._signature = None
         self.add_adapter(adapter_name, config)
         self.set_adapter(adapter_name)
 
     # ---- calling the model ----
-    def _forward(self, *args, adapter_names=None, **kwargs):
+    def __new__(cls, model: nn.Module, *args, **kwargs):
+        # A subclass per base model class whose forward carries the base forward's signature, so that
+        # tools inspecting it (HF Trainer's column pruning and label detection) see the same arguments.
+        if cls is FourierFTModel:
+            cls = _class_for(type(model))
+        return super().__new__(cls)
+
+    def forward(self, *args, adapter_names=None, **kwargs):
+        """The model's forward, plus ``adapter_names=[...]``: one adapter name per batch row ("__base__": none)."""
         if adapter_names is None:
             return self.model(*args, **kwargs)
         with self._rows_use(adapter_names):
             return self.model(*args, **kwargs)
-
-    @property
-    def forward(self):
-        """The model's forward, plus ``adapter_names=[...]`` (one adapter name per batch row, or "__base__").
-
-        Its signature is the base model's, so tools that inspect it (HF Trainer's column pruning) see the
-        arguments they expect.
-        """
-        fn = functools.partial(FourierFTModel._forward, self)
-        if self._signature is not None:
-            fn.__signature__ = self._signature
-        return fn
 
     def generate(self, *args, adapter_names=None, **kwargs):
         if adapter_names is None:
@@ -276,6 +268,27 @@ class FourierFTModel(nn.Module):
         config = self.peft_config[adapter_name]
         check_positions(self.model, adapter_name, metadata, source)
         load_adapter_state_dict(self.model, state, adapter_name, config.bias, source=source)
+
+
+@functools.lru_cache(maxsize=None)
+def _class_for(base_cls: type) -> type:
+    try:
+        signature = inspect.signature(base_cls.forward)
+    except (TypeError, ValueError):
+        return FourierFTModel
+    params = list(signature.parameters.values())
+    if "adapter_names" not in signature.parameters:
+        extra = inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None)
+        at = len(params) - (params[-1].kind is inspect.Parameter.VAR_KEYWORD if params else 0)
+        params.insert(at, extra)
+
+    def forward(self, *args, **kwargs):
+        return FourierFTModel.forward(self, *args, **kwargs)
+
+    forward.__signature__ = signature.replace(parameters=params)
+    forward.__doc__ = FourierFTModel.forward.__doc__
+    name = f"FourierFTModel[{base_cls.__name__}]"
+    return type(name, (FourierFTModel,), {"forward": forward, "__module__": __name__, "__qualname__": name})
 
 
 def get_fourierft_model(model: nn.Module, config: FourierFTConfig, adapter_name: str = "default") -> FourierFTModel:
