@@ -97,6 +97,13 @@ def test_nothing_matched_lists_candidates():
         get_fourierft_model(tiny_bert(), FourierFTConfig(target_modules=["q_proj"]))
 
 
+def test_target_inside_modules_to_save_refused():
+    from conftest import tiny_roberta
+
+    with pytest.raises(ValueError, match=r"target 'classifier.dense' lies inside modules_to_save entry 'classifier'"):
+        get_fourierft_model(tiny_roberta(), FourierFTConfig(n_frequency=10, target_modules=["dense"], modules_to_save=["classifier"]))
+
+
 def test_unsupported_layer_type_names_module():
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     with pytest.raises(TypeError, match=r"module '1' is a LayerNorm, which FourierFT cannot adapt"):

@@ -118,8 +118,17 @@ def _targets(model: nn.Module, config: FourierFTConfig) -> list[tuple[str, nn.Mo
 
 def inject_adapter(model: nn.Module, config: FourierFTConfig, adapter_name: str) -> list[str]:
     """Wrap every target of ``config`` (adding ``adapter_name`` to already wrapped ones). Returns their names."""
+    targets = _targets(model, config)
+    saved = _modules_to_save_names(model, config)
+    inside = [(t, s) for t, _ in targets for s in saved if t == s or t.startswith(s + ".")]
+    if inside:
+        target, head = inside[0]
+        raise ValueError(
+            f"target {target!r} lies inside modules_to_save entry {head!r}, which is trained and saved in full; "
+            "exclude it (exclude_modules) or narrow target_modules"
+        )
     names = []
-    for name, module in _targets(model, config):
+    for name, module in targets:
         layer = module if isinstance(module, FourierFTLayer) else None
         base = layer.base_layer if layer is not None else module
         cls = adapter_class_for(base)
@@ -141,7 +150,7 @@ def inject_adapter(model: nn.Module, config: FourierFTConfig, adapter_name: str)
             _replace(model, name, layer)
         _add_to_layer(layer, name, config, adapter_name)
         names.append(name)
-    for name in _modules_to_save_names(model, config):
+    for name in saved:
         wrapper = model.get_submodule(name)
         if not isinstance(wrapper, ModulesToSave):
             wrapper = ModulesToSave(wrapper)

@@ -226,7 +226,14 @@ class FourierFTModel(nn.Module):
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         """Enable the model's gradient checkpointing; inputs get requires_grad so frozen embeddings still
         pass gradients through checkpointed blocks."""
-        self.model.gradient_checkpointing_enable(**kwargs)
+        self._checkpointing("gradient_checkpointing_enable", **kwargs)
+
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        """transformers >= 5 name of gradient_checkpointing_enable."""
+        self._checkpointing("activation_checkpointing_enable", **kwargs)
+
+    def _checkpointing(self, method: str, **kwargs) -> None:
+        getattr(self.model, method)(**kwargs)
         if hasattr(self.model, "enable_input_require_grads"):
             self.model.enable_input_require_grads()
 

@@ -1,0 +1,140 @@
+"""Parity with PEFT's FourierFT: same config and seed -> same outputs and coefficient gradients; files
+load both ways with identical outputs; adapters PEFT cannot express are refused by PEFT, loudly."""
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import tiny_bert, tiny_gpt2, tiny_llama, tiny_roberta, tiny_vit
+
+from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model
+from fourierft.layer import FourierFTLayer
+
+peft = pytest.importorskip("peft")
+
+CASES = {
+    "bert": (tiny_bert, dict(target_modules=["query", "value"], modules_to_save=["classifier"]), "ids"),
+    "roberta-bias": (tiny_roberta, dict(target_modules=["query", "value", "output.dense"], modules_to_save=["classifier"], bias="fourier_only"), "ids"),
+    "gpt2-conv1d": (tiny_gpt2, dict(target_modules=["c_attn", "c_proj"], bias="all"), "ids"),
+    "llama": (tiny_llama, dict(target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"], n_frequency_pattern={"down_proj": 70}), "ids"),
+    "vit": (tiny_vit, dict(target_modules=["q_proj", "v_proj", "query", "value"], modules_to_save=["classifier"]), "pixels"),
+}
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def inputs_for(kind):
+    g = torch.Generator().manual_seed(7)
+    if kind == "pixels":
+        return {"pixel_values": torch.randn(3, 3, 16, 16, generator=g)}
+    return {"input_ids": torch.randint(1, 100, (3, 11), generator=g)}
+
+
+def logits(model, inputs):
+    return model(**inputs).logits
+
+
+def build_pair(case, **extra):
+    factory, kwargs, kind = CASES[case]
+    kwargs = {"n_frequency": 50, "scaling": 80.0, **kwargs, **extra}
+    base = factory()
+    torch.manual_seed(11)
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.FourierFTConfig(**kwargs))
+    torch.manual_seed(11)
+    ours = get_fourierft_model(copy.deepcopy(base), FourierFTConfig(**kwargs))
+    for model in (theirs, ours):  # identical, non-trivial heads and biases
+        torch.manual_seed(3)
+        for name, p in model.named_parameters():
+            if p.requires_grad and "fourierft_spectrum" not in name:
+                p.data.normal_(0, 0.02)
+    return base, theirs, ours, inputs_for(kind)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_init_outputs_and_gradients(case):
+    _, theirs, ours, inputs = build_pair(case)
+    their_params = dict(theirs.base_model.model.named_parameters())
+    our_layers = dict(ours.model.named_modules())
+    names = [n for n, m in our_layers.items() if isinstance(m, FourierFTLayer)]
+    assert names
+    for name in names:  # same global seed -> same N(0, 1) coefficients, same positions
+        torch.testing.assert_close(our_layers[name].fourierft_spectrum["default"], their_params[f"{name}.fourierft_spectrum.default"], rtol=0, atol=0)
+        their_idx = theirs.base_model.model.get_submodule(name).indices["default"]
+        assert torch.equal(torch.stack(our_layers[name].positions("default")), their_idx)
+    theirs.train(), ours.train()
+    torch.manual_seed(0)
+    y_theirs = logits(theirs.eval(), inputs)
+    y_ours = logits(ours.eval(), inputs)
+    torch.testing.assert_close(y_ours, y_theirs, **TOL)
+    y_theirs.pow(2).mean().backward()
+    y_ours.pow(2).mean().backward()
+    ours_grads = {n: p.grad for n, p in ours.model.named_parameters() if p.requires_grad}
+    theirs_grads = {n.replace(".modules_to_save.default.", ".modules_to_save.default."): p.grad for n, p in theirs.base_model.model.named_parameters() if p.requires_grad}
+    assert set(ours_grads) == set(theirs_grads)
+    for name, grad in ours_grads.items():
+        scale = theirs_grads[name].abs().max()
+        torch.testing.assert_close(grad, theirs_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_files_load_both_ways(case, tmp_path):
+    base, theirs, ours, inputs = build_pair(case)
+    theirs.eval(), ours.eval()
+    ours.save_pretrained(tmp_path / "ours")
+    theirs.save_pretrained(tmp_path / "theirs")
+    written = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert written["peft_type"] == "FOURIERFT"
+    peft_loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours").eval()
+    torch.testing.assert_close(logits(peft_loaded, inputs), logits(ours, inputs), **TOL)
+    ours_loaded = FourierFTModel.from_pretrained(copy.deepcopy(base), tmp_path / "theirs")
+    torch.testing.assert_close(logits(ours_loaded, inputs), logits(theirs, inputs), **TOL)
+    # same tensor names and values in both files
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "ours" / "adapter_model.safetensors"), load_file(tmp_path / "theirs" / "adapter_model.safetensors")
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["bert", "gpt2-conv1d"])
+def test_merge_and_unload_matches_peft(case):
+    _, theirs, ours, inputs = build_pair(case)
+    plain_theirs = theirs.merge_and_unload().eval()
+    plain_ours = ours.merge_and_unload().eval()
+    torch.testing.assert_close(logits(plain_ours, inputs), logits(plain_theirs, inputs), **TOL)
+    for (n1, p1), (n2, p2) in zip(plain_ours.named_parameters(), plain_theirs.named_parameters()):
+        assert n1 == n2
+        torch.testing.assert_close(p1, p2, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "extension",
+    [
+        dict(scaling_pattern={"value": 3.0}),
+        dict(sampler="frequency-bias", frequency_bias_center=4.0, frequency_bias_width=5.0),
+        dict(target_modules=["query", "word_embeddings"]),
+        dict(n_frequency=2000, clamp_n_frequency=True),
+    ],
+)
+def test_extended_adapters_are_refused_by_peft(extension, tmp_path):
+    base = tiny_bert()
+    ours = get_fourierft_model(copy.deepcopy(base), FourierFTConfig(**{"target_modules": ["query", "value"], "n_frequency": 50, **extension}))
+    ours.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "FOURIERFT_EXTENDED"
+    with pytest.raises(KeyError, match="FOURIERFT_EXTENDED"):
+        peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
+    inputs = inputs_for("ids")
+    again = FourierFTModel.from_pretrained(copy.deepcopy(base), tmp_path)
+    torch.testing.assert_close(logits(again, inputs), logits(ours, inputs), rtol=1e-6, atol=1e-6)
+
+
+def test_fused_gpt2_adapter_is_extended_and_round_trips(tmp_path):
+    base = tiny_gpt2()
+    cfg = FourierFTConfig(n_frequency=40, target_modules=["c_attn"], fused_slices={"c_attn": {"chunks": 3, "adapt": [0, 2]}})
+    ours = get_fourierft_model(copy.deepcopy(base), cfg)
+    ours.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "FOURIERFT_EXTENDED"
+    inputs = inputs_for("ids")
+    again = FourierFTModel.from_pretrained(copy.deepcopy(base), tmp_path)
+    torch.testing.assert_close(logits(again, inputs), logits(ours, inputs), rtol=0, atol=0)
