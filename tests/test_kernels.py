@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fourierft.functional import delta_weight, spectral_positions
+from fourierft import kernels
 from fourierft.kernels import Block, fourier_linear, plan_coeff_grad, plan_delta_weight
 
 SHAPES = [(8, 8), (6, 10), (11, 7), (9, 5), (16, 3)]
@@ -66,10 +67,12 @@ def test_gradcheck_float64(plan_name, mode, bias):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_coeff_grad_equals_weight_gradient_route(shape):
+@pytest.mark.parametrize("sddmm", [True, False], ids=["sddmm", "gather"])
+@pytest.mark.parametrize("shape", SHAPES + [(1, 6), (6, 1), (2, 2)])
+def test_coeff_grad_equals_weight_gradient_route(shape, sddmm, monkeypatch):
+    monkeypatch.setattr(kernels, "SDDMM_DEVICES", {"cpu"} if sddmm else set())
     d_out, d_in = shape
-    n = min(13, d_out * d_in)
+    n = min(13, d_out * d_in - 1) or 1
     plan = single_plan(d_out, d_in, n)
     g = torch.randn(17, d_out, dtype=torch.float64)
     x = torch.randn(17, d_in, dtype=torch.float64)

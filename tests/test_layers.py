@@ -234,3 +234,29 @@ def test_low_precision_base_models_run_and_track_float32(case, dtype, tmp_path):
     with low_model.disable_adapter():
         y_base = out(low_model, low)
     assert (y.float() - y_base.float()).abs().max() > 0.05 * y32.abs().max() * 0.1  # the adapter is not lost
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_cache_follows_every_change(dtype):
+    model, _, inputs, _ = build("linear-llama")
+    model.model.to(dtype)
+    model.add_adapter("other", FourierFTConfig(target_modules=["q_proj", "v_proj", "down_proj"], n_frequency=60, random_loc_seed=3))
+
+    def fresh():  # the training path, no cache
+        y = model(**inputs)
+        return y.logits.detach()
+
+    for step in range(3):
+        cached = out(model, inputs)
+        torch.testing.assert_close(cached, fresh(), rtol=0, atol=0)
+        with torch.no_grad():  # coefficients change (as after an optimizer step)
+            for name, p in model.named_parameters():
+                if "fourierft_spectrum" in name:
+                    p.add_(0.1)
+        assert (out(model, inputs) - cached).abs().max() > 0
+    model.set_adapter("other")
+    torch.testing.assert_close(out(model, inputs), fresh(), rtol=0, atol=0)
+    model.merge_adapter()
+    torch.testing.assert_close(out(model, inputs), fresh(), rtol=0, atol=0)
+    model.unmerge_adapter()
+    torch.testing.assert_close(out(model, inputs), fresh(), rtol=0, atol=0)

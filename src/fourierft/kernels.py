@@ -21,6 +21,8 @@ active adapters): each ``Block`` covers output rows [start, stop) with its own g
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +31,17 @@ from torch.autograd.function import once_differentiable
 
 from .functional import delta_weight
 
-__all__ = ["Block", "MODES", "plan_delta_weight", "plan_coeff_grad", "fourier_linear", "needs_separate_term"]
+__all__ = [
+    "Block",
+    "MODES",
+    "plan_delta_weight",
+    "plan_coeff_grad",
+    "fourier_linear",
+    "needs_separate_term",
+    "resolve_mode",
+    "effective_weight",
+    "apply_effective",
+]
 
 MODES = ("auto", "merged", "separate", "reference")
 
@@ -53,21 +65,44 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _hermitian_half(coeffs, rows, cols, d_out, d_in):
-    """Left half (d_out, d_in//2 + 1) of H = (F + F[-j, -k]) / 2, real-valued."""
-    half = d_in // 2 + 1
-    h = coeffs.new_zeros(d_out, half)
-    keep = cols < half
-    h.index_put_((rows[keep], cols[keep]), coeffs[keep] / 2, accumulate=True)
-    mrows, mcols = (-rows) % d_out, (-cols) % d_in
-    keep = mcols < half
-    return h.index_put_((mrows[keep], mcols[keep]), coeffs[keep] / 2, accumulate=True)
+_MEMO: dict[int, tuple] = {}  # id(tensor) -> (weakref to it, {kind: (key, value)}); dropped with the tensor
+
+
+def _memo(owner: torch.Tensor, kind: str, key: tuple, build):
+    """``build()``, computed once per live tensor ``owner`` and ``kind`` while ``key`` is unchanged."""
+    slot = _MEMO.get(id(owner))
+    if slot is None or slot[0]() is not owner:
+        weakref.finalize(owner, _MEMO.pop, id(owner), None)
+        slot = _MEMO[id(owner)] = (weakref.ref(owner), {})
+    hit = slot[1].get(kind)
+    if hit is None or hit[0] != key:
+        hit = slot[1][kind] = (key, build())
+    return hit[1]
+
+
+def _positions_key(rows, cols, m, n):
+    return (id(cols), rows._version, cols._version, m, n)
+
+
+def _hermitian_index(rows, cols, m, n):
+    """Where c_l / 2 lands in the flattened left half (m, n//2 + 1) of H = (F + F[-j, -k]) / 2."""
+    half = n // 2 + 1
+    keep, mirrored = cols < half, (-cols) % n < half
+    mrows, mcols = (-rows) % m, (-cols) % n
+    flat = torch.cat([rows[keep] * half + cols[keep], mrows[mirrored] * half + mcols[mirrored]])
+    source = torch.cat([keep.nonzero().flatten(), mirrored.nonzero().flatten()])
+    return flat, source
 
 
 def _block_delta(coeffs, rows, cols, d_out, d_in):
-    """Re(ifft2(ToDense)) of one grid via irfft2 of the Hermitian half: (d_out, d_in)."""
-    h = _hermitian_half(coeffs, rows, cols, d_out, d_in)
-    return torch.fft.irfft2(h.to(torch.complex128 if h.dtype == torch.float64 else torch.complex64), s=(d_out, d_in))
+    """Re(ifft2(ToDense)) of one grid via irfft2 of its Hermitian part's left half: (d_out, d_in).
+
+    For real F, Re(ifft2(F)) = ifft2(H) with H = (F + F[-j, -k]) / 2 Hermitian, i.e. irfft2 of H's half.
+    """
+    flat, source = _memo(rows, "hermitian", _positions_key(rows, cols, d_out, d_in), lambda: _hermitian_index(rows, cols, d_out, d_in))
+    half = coeffs.new_zeros(d_out * (d_in // 2 + 1)).index_add_(0, flat, coeffs[source] * 0.5)
+    complex_dtype = torch.complex128 if coeffs.dtype == torch.float64 else torch.complex64
+    return torch.fft.irfft2(half.view(d_out, -1).to(complex_dtype), s=(d_out, d_in))
 
 
 def plan_delta_weight(coeffs: torch.Tensor, plan: tuple[Block, ...], d_out: int, d_in: int) -> torch.Tensor:
@@ -93,28 +128,78 @@ def _by_range(plan):
     return groups
 
 
-def _full_spectrum_at(half: torch.Tensor, idx: torch.Tensor, size: int):
-    """Real and imaginary parts of the full FFT at idx, from an rfft (T, size//2 + 1): (T, n) each."""
-    mirror = idx > size // 2
-    value = half[:, torch.where(mirror, size - idx, idx)]  # (T, n) complex
-    sign = 1.0 - 2.0 * mirror.to(value.real.dtype)  # conj for mirrored indices
-    return value.real, value.imag * sign
+@dataclass(frozen=True, eq=False)
+class _Folded:
+    """Positions folded onto rfft halves: G[j] = conj(G[m - j]) for j > m/2 (same for k).
+
+    Re(G[j] X[k]) = Gr[jf] Xr[kf] - sign * Gi[jf] Xi[kf], sign = -1 when exactly one side is mirrored.
+    ``crow`` / ``col`` hold the unique (jf, kf) pairs as a CSR pattern; ``inverse`` maps positions to them.
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    sign: torch.Tensor
+    crow: torch.Tensor
+    col: torch.Tensor
+    inverse: torch.Tensor
+    shape: tuple[int, int]
+
+
+# Devices where the coefficient gradient uses torch.sparse.sampled_addmm; elsewhere a gather.
+SDDMM_DEVICES = {"cpu"}
+
+
+def _fold(rows: torch.Tensor, cols: torch.Tensor, m: int, n: int) -> _Folded:
+    def build():
+        mh, nh = m // 2 + 1, n // 2 + 1
+        mirror_j, mirror_k = rows > m // 2, cols > n // 2
+        jf = torch.where(mirror_j, m - rows, rows)
+        kf = torch.where(mirror_k, n - cols, cols)
+        sign = 1.0 - 2.0 * (mirror_j ^ mirror_k).to(torch.float64)
+        uniq, inverse = torch.unique(jf * nh + kf, sorted=True, return_inverse=True)
+        crow = torch.zeros(mh + 1, dtype=torch.long, device=rows.device)
+        crow[1:] = torch.bincount(uniq // nh, minlength=mh).cumsum(0)
+        return _Folded(jf, kf, sign, crow, uniq % nh, inverse, (mh, nh))
+
+    return _memo(rows, "folded", _positions_key(rows, cols, m, n), build)
+
+
+def _planes(t: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+    """rfft of t (T, size) along features as real and imaginary planes (2, size//2 + 1, T), T contiguous."""
+    return torch.view_as_real(torch.fft.rfft(t.to(compute), dim=-1)).permute(2, 1, 0).contiguous()
+
+
+def _sampled_cross(f: _Folded, gp: torch.Tensor, xp: torch.Tensor) -> torch.Tensor:
+    """Re(sum_t G[t, j_l] X[t, k_l]) for every position l, from planes gp (2, m//2+1, T), xp (2, n//2+1, T)."""
+    if gp.device.type in SDDMM_DEVICES:  # sampled dense-dense product over the unique folded pairs
+        zeros = gp.new_zeros(f.col.numel())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            pattern = torch.sparse_csr_tensor(f.crow, f.col, zeros, f.shape, check_invariants=False)
+            real = torch.sparse.sampled_addmm(pattern, gp[0], xp[0].T).values()[f.inverse]
+            imag = torch.sparse.sampled_addmm(pattern, gp[1], xp[1].T).values()[f.inverse]
+    else:  # gather whole rows: bandwidth-bound, fine on GPUs
+        real = (gp[0][f.rows] * xp[0][f.cols]).sum(-1)
+        imag = (gp[1][f.rows] * xp[1][f.cols]).sum(-1)
+    return real - f.sign.to(real.dtype) * imag
 
 
 def plan_coeff_grad(g: torch.Tensor, x: torch.Tensor, plan: tuple[Block, ...], n_coeffs: int) -> torch.Tensor:
-    """dL/dc for y = x dW^T: g (T, d_out), x (T, d_in) -> (n_coeffs,), without forming g^T x."""
+    """dL/dc for y = x dW^T: g (..., d_out), x (..., d_in) -> (n_coeffs,), without forming g^T x.
+
+    dL/dc_l = Re(sum_t G[t, j_l] X[t, k_l]) / (m d_in), G / X: FFTs of g / x along features. The
+    spectrum of x is kept while x lives, so sibling layers reading the same input (q, k, v) share it.
+    """
     compute = _compute_dtype(g, x)
     d_in = x.shape[-1]
-    xf = torch.fft.rfft(x.to(compute), dim=-1)  # (T, d_in//2 + 1)
+    g = g.reshape(-1, g.shape[-1])  # (T, d_out)
+    xp = _memo(x, "planes", (x._version, compute), lambda: _planes(x.reshape(-1, d_in), compute))
     grad = torch.zeros(n_coeffs, dtype=compute, device=x.device)
     for (start, stop), blocks in _by_range(plan).items():
         m = stop - start
-        gf = torch.fft.rfft(g[:, start:stop].to(compute), dim=-1)  # (T, m//2 + 1)
+        gp = _planes(g[:, start:stop], compute)  # (2, m//2 + 1, T)
         for b in blocks:
-            g_re, g_im = _full_spectrum_at(gf, b.rows, m)
-            x_re, x_im = _full_spectrum_at(xf, b.cols, d_in)
-            value = (g_re * x_re).sum(0) - (g_im * x_im).sum(0)  # Re(sum_t G X), (n,)
-            grad[b.offset : b.offset + b.n] = value / (m * d_in)
+            grad[b.offset : b.offset + b.n] = _sampled_cross(_fold(b.rows, b.cols, m, d_in), gp, xp) / (m * d_in)
     return grad
 
 
@@ -126,39 +211,45 @@ def _separate(x, weight, bias, dw):
     return torch.addmm(term, x2, weight.t().to(term.dtype)).reshape(*x.shape[:-1], weight.shape[0])
 
 
+def effective_weight(weight: torch.Tensor, dw: torch.Tensor, merged: bool, dtype: torch.dtype) -> torch.Tensor:
+    """What multiplies x besides W: W + dW in ``dtype`` (merged) or dW alone in ``dtype`` (separate)."""
+    return (weight.to(dw.dtype) + dw).to(dtype) if merged else dw.to(dtype)
+
+
+def apply_effective(x, weight, bias, w_eff, merged):
+    """y = x W_eff^T + b (merged) or x W^T + (x dW^T + b) (separate)."""
+    return F.linear(x, w_eff, bias) if merged else _separate(x, weight, bias, w_eff)
+
+
 class _FourierLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, coeffs, plan, merged):
         # x (..., d_in), weight (d_out, d_in), coeffs (n_total,) already scaled
         d_out, d_in = weight.shape
-        dw = plan_delta_weight(coeffs, plan, d_out, d_in)
-        if merged:
-            y = F.linear(x, (weight.to(dw.dtype) + dw).to(x.dtype), bias)
-        else:
-            y = _separate(x, weight, bias, dw)
-        ctx.plan, ctx.merged = plan, merged
-        ctx.save_for_backward(x, weight, coeffs)
-        ctx.has_bias = bias is not None
+        w_eff = effective_weight(weight, plan_delta_weight(coeffs, plan, d_out, d_in), merged, x.dtype)
+        y = apply_effective(x, weight, bias, w_eff, merged)
+        ctx.plan, ctx.merged, ctx.has_bias = plan, merged, bias is not None
+        # CPU: keep W_eff for grad_x (no rebuild). GPU: rebuild it, keeping peak memory at the base model's.
+        ctx.save_for_backward(x, weight, coeffs, w_eff if x.device.type == "cpu" else None)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight, coeffs = ctx.saved_tensors
+        x, weight, coeffs, w_eff = ctx.saved_tensors
         d_out, d_in = weight.shape
         g = grad_out.reshape(-1, d_out)  # (T, d_out)
         grad_x = grad_bias = grad_coeffs = None
         if ctx.needs_input_grad[0]:
-            dw = plan_delta_weight(coeffs, ctx.plan, d_out, d_in)
-            if ctx.merged:
-                grad_x = grad_out @ (weight.to(dw.dtype) + dw).to(grad_out.dtype)
-            else:
-                grad_x = _separate(grad_out, weight.t(), None, dw.t())
+            if w_eff is None:
+                w_eff = effective_weight(weight, plan_delta_weight(coeffs, ctx.plan, d_out, d_in), ctx.merged, x.dtype)
+            w_eff = w_eff.to(grad_out.dtype)
+            grad_x = grad_out @ w_eff if ctx.merged else _separate(grad_out, weight.t(), None, w_eff.t())
             grad_x = grad_x.to(x.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)
         if ctx.needs_input_grad[3]:
-            grad_coeffs = plan_coeff_grad(g, x.reshape(-1, d_in), ctx.plan, coeffs.numel()).to(coeffs.dtype)
+            grad_coeffs = plan_coeff_grad(g, x, ctx.plan, coeffs.numel()).to(coeffs.dtype)
         return grad_x, None, grad_bias, grad_coeffs, None, None
 
 
@@ -167,6 +258,17 @@ def needs_separate_term(x: torch.Tensor, weight: torch.Tensor) -> bool:
     device = x.device.type
     autocast = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) not in (torch.float32, torch.float64)
     return autocast or x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype
+
+
+def resolve_mode(mode: str, x: torch.Tensor, weight: torch.Tensor) -> str:
+    """The concrete path "auto" stands for with these operands."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if mode != "auto":
+        return mode
+    if weight.requires_grad:
+        return "reference"
+    return "separate" if needs_separate_term(x, weight) else "merged"
 
 
 def _reference(x, weight, bias, coeffs, plan):
@@ -194,13 +296,7 @@ def fourier_linear(
     own matmul; for bf16/fp16), "reference" (autograd through ``functional.delta_weight``), or
     "auto" (merged when x and W are fp32/fp64, else separate; reference when W needs a gradient).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-    if mode == "auto":
-        if weight.requires_grad:
-            mode = "reference"
-        else:
-            mode = "separate" if needs_separate_term(x, weight) else "merged"
+    mode = resolve_mode(mode, x, weight)
     if mode == "reference":
         return _reference(x, weight, bias, coeffs, plan)
     return _FourierLinear.apply(x, weight, bias, coeffs, plan, mode == "merged")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .functional import delta_rows, spectral_positions
-from .kernels import MODES, Block, fourier_linear, needs_separate_term, plan_delta_weight
+from .kernels import MODES, Block, apply_effective, effective_weight, fourier_linear, needs_separate_term, plan_delta_weight, resolve_mode
 
 __all__ = [
     "BASE_ADAPTER",
@@ -221,14 +221,28 @@ class FourierFTLinear(FourierFTLayer):
     def __init__(self, base_layer):
         self.transposed = _is_conv1d(base_layer)
         super().__init__(base_layer)
+        self._inference_cache = None
 
     def weight_matrix(self):
         w = self.base_layer.weight
         return w.t() if self.transposed else w
 
     def _forward_with(self, x, names):
-        coeffs, plan = self.coeffs_and_plan(names)
-        return fourier_linear(x, self.weight_matrix(), self.base_layer.bias, coeffs, plan, self.mode)
+        weight, bias = self.weight_matrix(), self.base_layer.bias
+        mode = resolve_mode(self.mode, x, weight)
+        if torch.is_grad_enabled() or mode == "reference":
+            self._inference_cache = None
+            coeffs, plan = self.coeffs_and_plan(names)
+            return fourier_linear(x, weight, bias, coeffs, plan, mode)
+        # Inference: keep W + dW (or dW) until the coefficients, the weight or the dtype change.
+        merged = mode == "merged"
+        key = (merged, x.dtype, weight._version, weight.data_ptr()) + tuple(
+            (id(self.specs[n]), id(p), p._version, p.data_ptr()) for n in names for p in [self.fourierft_spectrum[n]]
+        )
+        if self._inference_cache is None or self._inference_cache[0] != key:
+            coeffs, plan = self.coeffs_and_plan(names)
+            self._inference_cache = (key, effective_weight(weight, plan_delta_weight(coeffs, plan, self.d_out, self.d_in), merged, x.dtype))
+        return apply_effective(x, weight, bias, self._inference_cache[1], merged)
 
 
 class FourierFTConv2d(FourierFTLayer):
