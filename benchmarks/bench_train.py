@@ -53,7 +53,8 @@ def build_base(shape: str, dtype, device):
 
 
 def make_case(name: str, base, kind: str, lora_rank: int):
-    """-> (model, optimizer or None). Case names: frozen, lora-<t>, peft-fourierft-<t>, ours-<mode>-<t>, merged-<t>."""
+    """-> (model, optimizer or None). Case names: frozen, lora-<t>, peft-fourierft-<t>,
+    peft-fourierft-accelerated-<t>, ours-<mode>-<t>, merged-<t>."""
     import peft
 
     import fourierft
@@ -69,6 +70,8 @@ def make_case(name: str, base, kind: str, lora_rank: int):
         model = peft.get_peft_model(model, peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=targets))
     elif name.startswith("peft-fourierft"):
         model = peft.get_peft_model(model, peft.FourierFTConfig(n_frequency=1000, target_modules=targets))
+        if "accelerated" in parts:  # the same PEFT model, forward swapped by fourierft.accelerate_peft
+            fourierft.accelerate_peft(model)
     elif name.startswith("ours") or name.startswith("merged"):
         model = fourierft.get_fourierft_model(model, fourierft.FourierFTConfig(n_frequency=1000, target_modules=targets))
         if name.startswith("merged"):
@@ -123,7 +126,7 @@ def run_round_robin(cases, step_fns, rounds, warmup, device):
 def case_list(targets, modes, inference):
     cases = ["frozen"]
     for t in targets:
-        cases += [f"lora-{t}", f"peft-fourierft-{t}"] + [f"ours-{m}-{t}" for m in modes]
+        cases += [f"lora-{t}", f"peft-fourierft-{t}", f"peft-fourierft-accelerated-{t}"] + [f"ours-{m}-{t}" for m in modes]
     if inference:
         cases += [f"merged-{t}" for t in targets]
     return cases

@@ -238,4 +238,4 @@ def test_import_does_not_load_transformers():
 
 
 def test_public_api_is_small_and_explicit():
-    assert set(fourierft.__all__) == {"BASE_ADAPTER", "FourierFTConfig", "FourierFTModel", "functional", "get_fourierft_model", "param_groups"}
+    assert set(fourierft.__all__) == {"BASE_ADAPTER", "FourierFTConfig", "FourierFTModel", "accelerate_peft", "functional", "get_fourierft_model", "param_groups"}

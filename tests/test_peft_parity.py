@@ -138,3 +138,40 @@ def test_fused_gpt2_adapter_is_extended_and_round_trips(tmp_path):
     inputs = inputs_for("ids")
     again = FourierFTModel.from_pretrained(copy.deepcopy(base), tmp_path)
     torch.testing.assert_close(logits(again, inputs), logits(ours, inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["bert", "gpt2-conv1d", "llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_accelerate_peft_keeps_outputs_and_gradients(case, dtype):
+    import fourierft
+
+    factory, kwargs, kind = CASES[case]
+    base = factory().to(dtype)
+    torch.manual_seed(11)
+    plain = peft.get_peft_model(copy.deepcopy(base), peft.FourierFTConfig(n_frequency=50, scaling=80.0, **kwargs))
+    fast = copy.deepcopy(plain)
+    assert fourierft.accelerate_peft(fast) > 0
+    inputs = inputs_for(kind)
+    y_plain, y_fast = logits(plain, inputs), logits(fast, inputs)
+    tol = TOL if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2 * y_plain.abs().max().item())
+    torch.testing.assert_close(y_fast, y_plain, **tol)
+    y_plain.float().pow(2).mean().backward()
+    y_fast.float().pow(2).mean().backward()
+    grads = {n: p.grad for n, p in plain.named_parameters() if "fourierft_spectrum" in n}
+    for n, p in fast.named_parameters():
+        if n in grads:
+            scale = grads[n].abs().max()
+            gtol = dict(rtol=1e-4, atol=1e-5 * scale) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2 * scale)
+            torch.testing.assert_close(p.grad, grads[n], **gtol)
+    # merged / disabled calls keep PEFT's own behaviour
+    with fast.disable_adapter():
+        torch.testing.assert_close(logits(fast, inputs), logits(base, inputs), rtol=0, atol=0)
+    assert fourierft.accelerate_peft(fast, enable=False) > 0
+    torch.testing.assert_close(logits(fast, inputs), y_plain, **tol)
+
+
+def test_accelerate_peft_needs_peft_fourierft_layers():
+    import fourierft
+
+    with pytest.raises(ValueError, match="no PEFT FourierFT layer"):
+        fourierft.accelerate_peft(tiny_bert())

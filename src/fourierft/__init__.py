@@ -10,6 +10,7 @@ from .config import FourierFTConfig
 from .layer import BASE_ADAPTER
 from .model import FourierFTModel, get_fourierft_model
 from .optim import param_groups
+from .peft_compat import accelerate_peft
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "BASE_ADAPTER",
     "FourierFTConfig",
     "FourierFTModel",
+    "accelerate_peft",
     "functional",
     "get_fourierft_model",
     "param_groups",
