@@ -137,8 +137,11 @@ def measure_one_rss(args, case):
     cmd = [sys.executable, __file__, "--shape", args.shape, "--batch", str(args.batch), "--seq", str(args.seq), "--dtype", args.dtype, "--device", args.device, "--only", case, "--rounds", "2", "--warmup", "1", "--lora-rank", str(args.lora_rank)]
     if args.inference:
         cmd.append("--inference")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"peak RSS run of {case} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
+        return float("nan")
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
 def main(argv=None):

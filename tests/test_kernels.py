@@ -53,7 +53,7 @@ def test_plan_delta_weight_matches_reference(plan_name):
 
 
 @pytest.mark.parametrize("plan_name", sorted(PLANS))
-@pytest.mark.parametrize("mode", ["merged", "separate", "reference"])
+@pytest.mark.parametrize("mode", ["merged", "separate", "fft", "reference"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_gradcheck_float64(plan_name, mode, bias):
     plan, d_out, d_in, total = PLANS[plan_name]()
@@ -83,7 +83,7 @@ def test_coeff_grad_equals_weight_gradient_route(shape, sddmm, monkeypatch):
     torch.testing.assert_close(plan_coeff_grad(g, x, plan, n), c.grad, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["merged", "separate"])
+@pytest.mark.parametrize("mode", ["merged", "separate", "fft"])
 def test_float32_matches_float64_reference(mode):
     torch.manual_seed(0)
     plan, d_out, d_in, total = PLANS["fused"]()
@@ -120,6 +120,7 @@ def test_bf16_adapter_term_no_worse_than_output_rounding():
     ours = adapter_error(fourier_linear(x, w, None, c, plan, "auto"), base64, adapter64)
     rounded_weight = adapter_error(F.linear(x, (w.double() + dw64).bfloat16()), base64, adapter64)
     assert ours <= 1.25 * rounding, (ours, rounding)
+    assert adapter_error(fourier_linear(x, w, None, c, plan, "fft"), base64, adapter64) <= 1.25 * rounding
     assert rounded_weight > 1.3 * ours, (rounded_weight, ours)  # ~sqrt(2): a second rounding
 
 

@@ -260,3 +260,23 @@ def test_inference_cache_follows_every_change(dtype):
     torch.testing.assert_close(out(model, inputs), fresh(), rtol=0, atol=0)
     model.unmerge_adapter()
     torch.testing.assert_close(out(model, inputs), fresh(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["linear-llama", "conv1d-gpt2"])
+def test_every_mode_matches_reference_in_training(case):
+    results = {}
+    for mode in ("reference", "auto", "merged", "separate", "fft"):
+        model, _, inputs, _ = build(case)
+        model.set_mode(mode)
+        model.train()
+        y = model(**inputs).logits
+        y.pow(2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[mode] = (y.detach(), grads)
+    y_ref, g_ref = results.pop("reference")
+    for mode, (y, grads) in results.items():
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5, msg=mode)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, g_ref[name], rtol=1e-4, atol=1e-5 * g_ref[name].abs().max().item(), msg=f"{mode} {name}")
+    with pytest.raises(ValueError, match="unknown mode"):
+        model.set_mode("fastest")

@@ -43,7 +43,7 @@ __all__ = [
     "apply_effective",
 ]
 
-MODES = ("auto", "merged", "separate", "reference")
+MODES = ("auto", "merged", "separate", "fft", "reference")
 
 
 @dataclass(frozen=True, eq=False)
@@ -203,12 +203,16 @@ def plan_coeff_grad(g: torch.Tensor, x: torch.Tensor, plan: tuple[Block, ...], n
     return grad
 
 
-def _separate(x, weight, bias, dw):
-    """x W^T + (x dW^T + b), the adapter term rounded on its own, then one fused multiply-add
-    (addmm accumulates in float32 and rounds once): no worse than the output's own rounding."""
+def _plus_base(term, x, weight):
+    """term + x W^T as one addmm (float32 accumulation, one rounding). term (T, d_out) in x's dtype."""
     x2 = x.reshape(-1, x.shape[-1])
-    term = F.linear(x2, dw.to(x.dtype), bias)
     return torch.addmm(term, x2, weight.t().to(term.dtype)).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _separate(x, weight, bias, dw):
+    """x W^T + (x dW^T + b): the adapter term rounded on its own, then one fused multiply-add,
+    no worse than the output's own rounding."""
+    return _plus_base(F.linear(x.reshape(-1, x.shape[-1]), dw.to(x.dtype), bias), x, weight)
 
 
 def effective_weight(weight: torch.Tensor, dw: torch.Tensor, merged: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -221,14 +225,46 @@ def apply_effective(x, weight, bias, w_eff, merged):
     return F.linear(x, w_eff, bias) if merged else _separate(x, weight, bias, w_eff)
 
 
+def _spectral_apply(v, src, dst, coeffs, dst_size, norm):
+    """Rows of v (T, size) through the sampled spectrum without forming it: (T, dst_size).
+
+    Forward (y = x dW^T): src = cols, dst = rows, norm = d_in. Transposed (g dW): src = rows,
+    dst = cols, norm = m. Z[t, d] = sum_{l: dst_l = d} c_l conj(V[t, src_l]); out = Re(ifft(Z)) / norm.
+    """
+    spectrum = torch.fft.fft(v, dim=-1)  # (T, size)
+    z = spectrum.new_zeros(v.shape[0], dst_size).index_add_(1, dst, spectrum[:, src].conj() * coeffs)
+    return torch.fft.ifft(z, dim=-1).real / norm
+
+
+def plan_apply_fft(x2, coeffs, plan, d_out, d_in, transpose=False):
+    """x2 dW^T (T, d_out), or with ``transpose`` g2 dW (T, d_in), from row FFTs only: O(T d log d + T n)."""
+    compute = _compute_dtype(x2, coeffs)
+    coeffs = coeffs.to(compute)
+    out = x2.new_zeros(x2.shape[0], d_in if transpose else d_out, dtype=compute)
+    for (start, stop), blocks in _by_range(plan).items():
+        m = stop - start
+        for b in blocks:
+            c = coeffs[b.offset : b.offset + b.n]
+            if transpose:
+                out += _spectral_apply(x2[:, start:stop].to(compute), b.rows, b.cols, c, d_in, m)
+            else:
+                out[:, start:stop] += _spectral_apply(x2.to(compute), b.cols, b.rows, c, m, d_in)
+    return out
+
+
 class _FourierLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, coeffs, plan, merged):
+    def forward(ctx, x, weight, bias, coeffs, plan, mode):
         # x (..., d_in), weight (d_out, d_in), coeffs (n_total,) already scaled
         d_out, d_in = weight.shape
-        w_eff = effective_weight(weight, plan_delta_weight(coeffs, plan, d_out, d_in), merged, x.dtype)
-        y = apply_effective(x, weight, bias, w_eff, merged)
-        ctx.plan, ctx.merged, ctx.has_bias = plan, merged, bias is not None
+        w_eff = None
+        if mode == "fft":
+            term = plan_apply_fft(x.reshape(-1, d_in), coeffs, plan, d_out, d_in).to(x.dtype)
+            y = _plus_base(term if bias is None else term + bias.to(x.dtype), x, weight)
+        else:
+            w_eff = effective_weight(weight, plan_delta_weight(coeffs, plan, d_out, d_in), mode == "merged", x.dtype)
+            y = apply_effective(x, weight, bias, w_eff, mode == "merged")
+        ctx.plan, ctx.mode, ctx.has_bias = plan, mode, bias is not None
         # CPU: keep W_eff for grad_x (no rebuild). GPU: rebuild it, keeping peak memory at the base model's.
         ctx.save_for_backward(x, weight, coeffs, w_eff if x.device.type == "cpu" else None)
         return y
@@ -241,10 +277,14 @@ class _FourierLinear(torch.autograd.Function):
         g = grad_out.reshape(-1, d_out)  # (T, d_out)
         grad_x = grad_bias = grad_coeffs = None
         if ctx.needs_input_grad[0]:
-            if w_eff is None:
-                w_eff = effective_weight(weight, plan_delta_weight(coeffs, ctx.plan, d_out, d_in), ctx.merged, x.dtype)
-            w_eff = w_eff.to(grad_out.dtype)
-            grad_x = grad_out @ w_eff if ctx.merged else _separate(grad_out, weight.t(), None, w_eff.t())
+            if ctx.mode == "fft":
+                term = plan_apply_fft(g, coeffs, ctx.plan, d_out, d_in, transpose=True).to(grad_out.dtype)
+                grad_x = _plus_base(term, grad_out, weight.t())
+            else:
+                if w_eff is None:
+                    w_eff = effective_weight(weight, plan_delta_weight(coeffs, ctx.plan, d_out, d_in), ctx.mode == "merged", x.dtype)
+                w_eff = w_eff.to(grad_out.dtype)
+                grad_x = grad_out @ w_eff if ctx.mode == "merged" else _separate(grad_out, weight.t(), None, w_eff.t())
             grad_x = grad_x.to(x.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)
@@ -293,10 +333,11 @@ def fourier_linear(
     """y = x (W + dW)^T + b, x (..., d_in) -> (..., d_out). ``weight`` is (d_out, d_in) (a view is fine).
 
     ``mode``: "merged" (one matmul; exact in fp32/fp64 only), "separate" (the adapter term as its
-    own matmul; for bf16/fp16), "reference" (autograd through ``functional.delta_weight``), or
-    "auto" (merged when x and W are fp32/fp64, else separate; reference when W needs a gradient).
+    own matmul; for bf16/fp16), "fft" (dW never formed: row FFTs of x forward and of g backward,
+    O(T d log d + T n)), "reference" (autograd through ``functional.delta_weight``), or "auto"
+    (merged when x and W are fp32/fp64, else separate; reference when W needs a gradient).
     """
     mode = resolve_mode(mode, x, weight)
     if mode == "reference":
         return _reference(x, weight, bias, coeffs, plan)
-    return _FourierLinear.apply(x, weight, bias, coeffs, plan, mode == "merged")
+    return _FourierLinear.apply(x, weight, bias, coeffs, plan, mode)

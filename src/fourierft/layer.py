@@ -230,7 +230,7 @@ class FourierFTLinear(FourierFTLayer):
     def _forward_with(self, x, names):
         weight, bias = self.weight_matrix(), self.base_layer.bias
         mode = resolve_mode(self.mode, x, weight)
-        if torch.is_grad_enabled() or mode == "reference":
+        if torch.is_grad_enabled() or mode in ("reference", "fft"):
             self._inference_cache = None
             coeffs, plan = self.coeffs_and_plan(names)
             return fourier_linear(x, weight, bias, coeffs, plan, mode)
