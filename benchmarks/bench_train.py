@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -35,7 +36,7 @@ TARGETS = {
     "bert": {"qv": ["query", "value"], "all": ["query", "key", "value", "dense"]},
     "llama": {"qv": ["q_proj", "v_proj"], "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
 }
-OUR_MODES = ("auto", "merged", "separate", "reference")
+OUR_MODES = ("auto", "merged", "separate", "fft", "reference")
 
 
 def build_base(shape: str, dtype, device):
@@ -110,6 +111,30 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssPeak:
+    """Highest resident set size seen while the block runs (polled every 2 ms)."""
+
+    def __enter__(self):
+        self.peak, self._stop = _rss_mib(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_mib())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mib())
+
+
 def run_round_robin(cases, step_fns, rounds, warmup, device):
     times = {c: [] for c in cases}
     for r in range(warmup + rounds):
@@ -133,7 +158,8 @@ def case_list(targets, modes, inference):
 
 
 def measure_one_rss(args, case):
-    """Peak RSS (MiB) of a fresh process running only this case."""
+    """Peak RSS (MiB) of a fresh process running only this case, above the process with the base model
+    and batch loaded (what the case itself adds: adapter, optimizer state, activations)."""
     cmd = [sys.executable, __file__, "--shape", args.shape, "--batch", str(args.batch), "--seq", str(args.seq), "--dtype", args.dtype, "--device", args.device, "--only", case, "--rounds", "2", "--warmup", "1", "--lora-rank", str(args.lora_rank)]
     if args.inference:
         cmd.append("--inference")
@@ -170,6 +196,7 @@ def main(argv=None):
     if args.inference:
         cases = [c for c in cases if c == "frozen" or not c.startswith("ours") or c.startswith("ours-auto")]
     models, step_fns = {}, {}
+    baseline = _rss_mib()
     for c in cases:
         model, opt = make_case(c, base, kind, args.lora_rank)
         if args.inference:
@@ -181,10 +208,10 @@ def main(argv=None):
         models[c] = model
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    ms = run_round_robin(cases, step_fns, args.rounds, args.warmup, args.device)
+    with RssPeak() as rss:
+        ms = run_round_robin(cases, step_fns, args.rounds, args.warmup, args.device)
     if args.only:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"case": args.only, "ms": ms[args.only], "peak_mib": peak}))
+        print(json.dumps({"case": args.only, "ms": ms[args.only], "peak_mib": rss.peak - baseline}))
         return
     peaks = {}
     if args.device.startswith("cuda"):
@@ -208,7 +235,8 @@ def report(args, cases, ms, peaks):
     what = "no-grad forward" if args.inference else "training step"
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
     print(f"\n{args.shape}, {args.dtype}, batch {args.batch} x {args.seq}, {what}, {args.rounds} rounds (median), device {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}\n")
-    print("| case | ms | vs LoRA | vs PEFT FourierFT | vs merged | peak MiB |")
+    memory = "peak MiB (GPU allocated)" if args.device.startswith("cuda") else "peak RSS MiB over base"
+    print(f"| case | ms | vs LoRA | vs PEFT FourierFT | vs merged | {memory} |")
     print("|---|---|---|---|---|---|")
     for c in cases:
         t = c.rsplit("-", 1)[-1]
