@@ -186,7 +186,14 @@ def main(argv=None):
     p.add_argument("--no-rss", action="store_true", help="skip the per-case subprocess memory runs (CPU)")
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--table", default=None, metavar="JSON", help="print the table of a saved result and exit")
     args = p.parse_args(argv)
+    if args.table:
+        saved = json.load(open(args.table))
+        saved_args = argparse.Namespace(**saved["args"])
+        print_table(saved_args, list(saved["ms_per_step"]), saved["ms_per_step"], saved["peak_mib"], saved["device"], saved["versions"]["torch"])
+        print(f"\nrecorded {saved['date']}; transformers {saved['versions']['transformers']}, peft {saved['versions']['peft']}, python {saved['versions']['python']}")
+        return
     args.lora_rank = args.lora_rank or (32 if args.device.startswith("cuda") else 8)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     kind = SHAPES[args.shape]["kind"]
@@ -232,29 +239,37 @@ def _ratio(ms, case, ref):
 
 
 def report(args, cases, ms, peaks):
-    what = "no-grad forward" if args.inference else "training step"
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
-    print(f"\n{args.shape}, {args.dtype}, batch {args.batch} x {args.seq}, {what}, {args.rounds} rounds (median), device {args.device} ({device_name}), torch {torch.__version__}, threads {torch.get_num_threads()}\n")
+    print_table(args, cases, ms, peaks, device_name, torch.__version__)
+    if args.json:
+        save_json(args, ms, peaks, device_name)
+
+
+def print_table(args, cases, ms, peaks, device_name, torch_version):
+    what = "no-grad forward" if args.inference else "training step"
+    print(f"\n{args.shape}, {args.dtype}, batch {args.batch} x {args.seq}, {what}, {args.rounds} rounds (median), device {args.device} ({device_name}), torch {torch_version}\n")
     memory = "peak MiB (GPU allocated)" if args.device.startswith("cuda") else "peak RSS MiB over base"
     print(f"| case | ms | vs LoRA | vs PEFT FourierFT | vs merged | {memory} |")
     print("|---|---|---|---|---|---|")
     for c in cases:
         t = c.rsplit("-", 1)[-1]
         print(f"| {c} | {ms[c]:.1f} | {_ratio(ms, c, f'lora-{t}')} | {_ratio(ms, c, f'peft-fourierft-{t}')} | {_ratio(ms, c, f'merged-{t}')} | {peaks.get(c, float('nan')):.0f} |")
-    if args.json:
-        import peft
-        import transformers
 
-        payload = {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "args": vars(args),
-            "device": device_name,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "python": platform.python_version()},
-            "ms_per_step": ms,
-            "peak_mib": peaks,
-        }
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
+
+def save_json(args, ms, peaks, device_name):
+    import peft
+    import transformers
+
+    payload = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "args": vars(args),
+        "device": device_name,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "python": platform.python_version()},
+        "ms_per_step": ms,
+        "peak_mib": peaks,
+    }
+    with open(args.json, "w") as f:
+        json.dump(payload, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,32 @@
-"""The ``fourierft`` command. Subcommands import what they need lazily and name the pip extra if missing."""
+"""The ``fourierft`` command. Subcommands import what they need lazily and name the pip extra if missing.
+
+    fourierft demo                      offline demo: MiniLM on Rotten Tomatoes (needs [train] + assets)
+    fourierft quickstart                tiny model built from a config: train, save, reload, merge (needs [hf])
+    fourierft train [opts] [key=value]  text classification / regression from a YAML config and/or flags
+    fourierft eval | predict | merge    with a saved adapter on its base model
+    fourierft inspect DIR               adapter summary, LoRA comparison, spectrum / dW plots
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
-EXTRAS = {"transformers": "hf", "huggingface_hub": "hf", "datasets": "train", "accelerate": "train"}
+TRAIN_MODULES = ("transformers", "accelerate", "sklearn", "scipy", "matplotlib", "yaml")
 
 
-def _require(*modules: str) -> None:
+def _require(*modules: str, extra: str = "train") -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        extra = EXTRAS.get(missing[0], "train")
         sys.exit(f"this command needs {', '.join(missing)}: pip install 'fourierft[{extra}]'")
 
 
-def inspect_adapter(path: str) -> dict:
-    """Summary of a saved adapter directory (ours or PEFT's): config, layers, parameters, size."""
+# ---------------------------------------------------------------- inspect (core only)
+def inspect_adapter(path: str, lora_rank: int = 8) -> dict:
+    """Summary of a saved adapter directory (ours or PEFT's): config, layers, parameters, size, LoRA's count."""
     from safetensors import safe_open
 
     directory = Path(path)
@@ -30,11 +37,14 @@ def inspect_adapter(path: str) -> dict:
         metadata = f.metadata() or {}
         for key in f.keys():
             shape = list(f.get_slice(key).get_shape())
+            numel = _prod(shape)
             if key.endswith(".fourierft_spectrum"):
                 layers.append((key.removeprefix("base_model.model.").removesuffix(".fourierft_spectrum"), shape))
-                coefficients += int(torch_prod(shape))
+                coefficients += numel
             else:
                 other.append((key.removeprefix("base_model.model."), shape))
+    shapes = json.loads(metadata.get("fourierft.layers", "{}"))
+    lora = sum(lora_rank * (s["d_in"] + s["d_out"]) for s in shapes.values()) if shapes else None
     return {
         "peft_type": config.get("peft_type"),
         "n_frequency": config.get("n_frequency"),
@@ -44,13 +54,16 @@ def inspect_adapter(path: str) -> dict:
         "adapted_layers": layers,
         "coefficients": coefficients,
         "other_tensors": other,
-        "other_parameters": sum(int(torch_prod(s)) for _, s in other),
+        "other_parameters": sum(_prod(s) for _, s in other),
         "file_bytes": weights.stat().st_size,
+        "lora_rank": lora_rank,
+        "lora_parameters": lora,
+        "layer_shapes": shapes,
         "position_sets": {k.removeprefix("fourierft.positions."): v for k, v in metadata.items() if k.startswith("fourierft.positions.")},
     }
 
 
-def torch_prod(shape) -> int:
+def _prod(shape) -> int:
     out = 1
     for s in shape:
         out *= s
@@ -61,32 +74,152 @@ def _print_inspect(summary: dict) -> None:
     print(f"peft_type {summary['peft_type']}  n_frequency {summary['n_frequency']}  scaling {summary['scaling']}  seed {summary['random_loc_seed']}")
     print(f"target_modules {summary['target_modules']}")
     for name, shape in summary["adapted_layers"]:
-        print(f"  {name:60s} coefficients {shape}")
+        dims = summary["layer_shapes"].get(name)
+        where = f" on {dims['d_out']}x{dims['d_in']}" if dims else ""
+        print(f"  {name:60s} coefficients {shape}{where}")
     for name, shape in summary["other_tensors"]:
         print(f"  {name:60s} trained {shape}")
     print(f"coefficients {summary['coefficients']:,d}  other trained parameters {summary['other_parameters']:,d}  file {summary['file_bytes'] / 1024:.1f} KB")
+    if summary["lora_parameters"]:
+        ratio = summary["lora_parameters"] / max(summary["coefficients"], 1)
+        print(f"LoRA r={summary['lora_rank']} on the same layers: {summary['lora_parameters']:,d} parameters ({ratio:.1f}x)")
+    else:
+        print("layer shapes not recorded (a PEFT-written file): no LoRA comparison or plots")
     for key, fingerprint in summary["position_sets"].items():
         print(f"positions {key}: {fingerprint}")
 
 
-def main(argv=None) -> None:
+def plot_adapter(path: str, out_dir: str) -> list[Path]:
+    """One PNG per adapted layer: the learned coefficients at their spectral positions and the dW they give."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from safetensors.torch import load_file
+
+    from .functional import delta_weight, spectral_positions
+
+    summary = inspect_adapter(path)
+    tensors = load_file(str(Path(path) / "adapter_model.safetensors"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, s in summary["layer_shapes"].items():
+        coeffs = tensors[f"base_model.model.{name}.fourierft_spectrum"].float().reshape(len(s["slices"]), -1)[0]
+        rows, cols = spectral_positions(s["grid_rows"], s["d_in"], s["n"], s["seed"], s["sampler"], s["f_c"], s["width"])
+        dw = delta_weight(coeffs, rows, cols, s["grid_rows"], s["d_in"], s["scaling"])
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+        points = a.scatter(cols, rows, c=coeffs.abs(), s=4, cmap="viridis")
+        a.set(title="|coefficient| at spectral positions", xlabel="input frequency k", ylabel="output frequency j", xlim=(0, s["d_in"]), ylim=(s["grid_rows"], 0))
+        fig.colorbar(points, ax=a)
+        image = b.imshow(dw, cmap="RdBu_r", aspect="auto")
+        b.set(title="dW (first adapted slice)" if len(s["slices"]) > 1 else "dW", xlabel="input", ylabel="output")
+        fig.colorbar(image, ax=b)
+        fig.suptitle(name, fontsize=9)
+        fig.tight_layout()
+        target = out / f"{name}.png"
+        fig.savefig(target, dpi=90)
+        plt.close(fig)
+        written.append(target)
+    return written
+
+
+# ---------------------------------------------------------------- parser
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", required=True, help="adapter directory written by fourierft train (or best-adapter/)")
+    p.add_argument("--model", default=None, help="base model (default: the one recorded with the adapter)")
+    p.add_argument("--data", default=None, help="GLUE-style folder (uses dev.tsv)")
+    p.add_argument("--file", default=None, help="CSV / TSV / JSON / JSONL file")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--text-pair-column", default=None)
+    p.add_argument("--label-column", default="label")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fourierft", description="FourierFT fine-tuning: fast, exact, PEFT-compatible.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("quickstart", help="train, save, reload and merge an adapter on a small model (needs [hf])", add_help=False)
-    inspect = sub.add_parser("inspect", help="summarise a saved adapter directory")
-    inspect.add_argument("path")
-    inspect.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("demo", help="offline demo: MiniLM on Rotten Tomatoes snippets", add_help=False)
+    sub.add_parser("quickstart", help="train, save, reload and merge an adapter on a small model built from a config", add_help=False)
+    t = sub.add_parser("train", help="fine-tune a text classifier / regressor", description="Settings: preset, then --config YAML, then flags, then key=value overrides.")
+    t.add_argument("--config", default=None, help="YAML file of settings")
+    t.add_argument("--preset", default=None, help="paper hyperparameters, e.g. glue-rte-roberta-base")
+    t.add_argument("--model", default=None)
+    t.add_argument("--data", default=None, help="GLUE-style folder with train.tsv / dev.tsv")
+    t.add_argument("--task", default=None)
+    t.add_argument("--train-file", default=None)
+    t.add_argument("--eval-file", default=None)
+    t.add_argument("--dataset", default=None, help="Hugging Face dataset name")
+    t.add_argument("--output-dir", default=None)
+    t.add_argument("overrides", nargs="*", help="key=value settings (see TrainConfig)")
+    e = sub.add_parser("eval", help="metrics of a saved adapter on labelled data")
+    _data_args(e)
+    pr = sub.add_parser("predict", help="predictions of a saved adapter, one JSON line per example")
+    _data_args(pr)
+    pr.add_argument("--out", required=True, help="JSONL file to write")
+    m = sub.add_parser("merge", help="write a plain model directory with the adapter merged in")
+    m.add_argument("--adapter", required=True)
+    m.add_argument("--model", default=None)
+    m.add_argument("--out", required=True)
+    i = sub.add_parser("inspect", help="summarise a saved adapter")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--lora-rank", type=int, default=8)
+    i.add_argument("--plot", default=None, help="write one PNG per layer into this directory")
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.command == "train":  # key=value overrides may stand anywhere among the options
+        args.overrides += [r for r in rest if "=" in r and not r.startswith("-")]
+        rest = [r for r in rest if r not in args.overrides]
+    if rest and args.command not in ("demo", "quickstart"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "quickstart":
-        _require("transformers")
+        _require("transformers", extra="hf")
         from .recipes import quickstart
 
         quickstart.main(rest)
+    elif args.command == "demo":
+        _require(*TRAIN_MODULES)
+        from .recipes import demo
+
+        demo.main(rest)
     elif args.command == "inspect":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        summary = inspect_adapter(args.path)
+        summary = inspect_adapter(args.path, args.lora_rank)
         print(json.dumps(summary, indent=2)) if args.json else _print_inspect(summary)
+        if args.plot:
+            for path in plot_adapter(args.path, args.plot):
+                print(f"wrote {path}")
+    else:
+        _require(*TRAIN_MODULES)
+        _run_recipe(args)
+
+
+def _run_recipe(args) -> None:
+    from .recipes import text_classification as tc
+    from .recipes.config import resolve_config
+    from .recipes.data import DataError
+
+    try:
+        if args.command == "train":
+            flags = {"model": args.model, "data": args.data, "task": args.task, "train_file": args.train_file, "eval_file": args.eval_file, "dataset": args.dataset, "output_dir": args.output_dir}
+            cfg = resolve_config(args.preset, args.config, flags, args.overrides)
+            result = tc.train(cfg)
+            print(json.dumps({"eval": result["eval"], "train_seconds": round(result["train_seconds"], 1), "run_dir": result["run_dir"]}, indent=2))
+            return
+        if args.command == "merge":
+            print(f"merged model written to {tc.merge(args.adapter, args.out, args.model)}")
+            return
+        columns = {"text_column": args.text_column, "pair_column": args.text_pair_column, "label_column": args.label_column}
+        if args.command == "eval":
+            print(json.dumps(tc.evaluate(args.adapter, args.data, args.file, args.model, columns), indent=2))
+        elif args.command == "predict":
+            n = tc.predict(args.adapter, args.out, args.data, args.file, args.model, columns)
+            print(f"wrote {n} predictions to {args.out}")
+    except (DataError, FileExistsError, ValueError) as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,19 @@ def positions_metadata(model, adapter_name: str) -> dict[str, str]:
     return meta
 
 
+def layers_metadata(model, adapter_name: str) -> str:
+    """JSON {layer: {d_out, d_in, grid_rows, n, slices, scaling, seed, sampler}} for tools that read files alone."""
+    layers = {}
+    for name, layer in adapter_layers(model):
+        spec = layer.specs.get(adapter_name)
+        if spec is not None:
+            layers[name] = {
+                "d_out": layer.d_out, "d_in": layer.d_in, "grid_rows": spec.grid, "n": spec.n, "slices": [list(s) for s in spec.slices],
+                "scaling": spec.scaling, "seed": spec.seed, "sampler": spec.sampler, "f_c": spec.f_c, "width": spec.width, "type": type(layer).__name__,
+            }
+    return json.dumps(layers, sort_keys=True)
+
+
 def check_positions(model, adapter_name: str, metadata: dict[str, str], source: str) -> None:
     recorded = {k: v for k, v in metadata.items() if k.startswith("fourierft.positions.")}
     if not recorded:
@@ -99,7 +112,7 @@ def write_adapter(directory, config: FourierFTConfig, state: dict[str, torch.Ten
     payload["peft_type"] = PEFT_TYPE if compatible else EXTENDED_PEFT_TYPE
     if any(getattr(layer, "transposed", False) for _, layer in adapter_layers(model) if adapter_name in layer.specs):
         payload["fan_in_fan_out"] = True  # what PEFT records for GPT-2 Conv1D targets
-    metadata = {"format": "pt", "fourierft_format": FORMAT_VERSION, **positions_metadata(model, adapter_name)}
+    metadata = {"format": "pt", "fourierft_format": FORMAT_VERSION, **positions_metadata(model, adapter_name), "fourierft.layers": layers_metadata(model, adapter_name)}
     _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
     _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))

