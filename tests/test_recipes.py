@@ -287,3 +287,26 @@ def test_demo_meets_its_numbers(tmp_path):
     assert summary["accuracy_after"] >= 0.78
     assert summary["total_seconds"] <= 300
     assert summary["adapter_bytes"] <= 100_000
+
+
+def test_hf_dataset_names_and_predict_from_unlabelled_file(trained_run, monkeypatch, tmp_path):
+    import datasets
+
+    calls = []
+
+    def fake_load(path, config=None, split=None):
+        calls.append((path, config, split))
+        return datasets.Dataset.from_dict({"sentence": ["good film", "awful plot"], "label": [1, 0]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    ex = rdata.read_hf_dataset("nyu-mll/glue/sst2", "validation", text_column="sentence")
+    assert calls == [("nyu-mll/glue", "sst2", "validation")] and ex.text_a == ["good film", "awful plot"] and ex.labels == [1, 0]
+    rdata.read_hf_dataset("imdb", "train", text_column="sentence")
+    assert calls[-1] == ("imdb", None, "train")
+
+    out, _ = trained_run
+    (tmp_path / "new.csv").write_text("review\ngood scene\nterrible actor\n")
+    n = tc.predict(str(out / "best-adapter"), str(tmp_path / "p.jsonl"), file=str(tmp_path / "new.csv"), columns={"text_column": "review"})
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert n == 2 and [r["label"] for r in rows] == ["1", "0"]
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
