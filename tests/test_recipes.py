@@ -204,6 +204,8 @@ def test_label_and_model_errors(tiny_model, tmp_path):
         tc.LabelSpace(["0", "1"]).encode(rdata.TextExamples(["a"], None, ["maybe"], "x.tsv"))
     with pytest.raises(rdata.DataError, match="cannot load model '/nonexistent/model'"):
         tc.load_base("/nonexistent/model", tc.LabelSpace(["0", "1"]))
+    with pytest.raises(rdata.DataError, match=r"unknown task 'sentiment'; choose one of \['auto', 'classification', 'cola'"):
+        tc.load_splits(rconfig.TrainConfig(model=tiny_model, task="sentiment", train_file="x.csv"))
     (tmp_path / "Mystery").mkdir()
     with pytest.raises(rdata.DataError, match="cannot tell the GLUE task"):
         tc.load_splits(rconfig.TrainConfig(model=tiny_model, data=str(tmp_path / "Mystery")))

@@ -15,7 +15,7 @@ from torch import nn
 from .config import FourierFTConfig
 from .layer import FourierFTEmbedding, FourierFTLayer, ModulesToSave, adapter_class_for
 
-__all__ = ["inject_adapter", "adapter_layers", "modules_to_save_wrappers", "set_trainable", "default_target_modules"]
+__all__ = ["inject_adapter", "adapter_layers", "modules_to_save_wrappers", "set_trainable", "default_target_modules", "replace_module"]
 
 # Defaults for transformers model types when target_modules is None (attention query and value).
 _DEFAULT_TARGETS = {
@@ -87,7 +87,8 @@ def _tied_elsewhere(model: nn.Module, name: str, module: nn.Module) -> list[str]
     ]
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule ``name`` of ``model`` is."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
@@ -147,14 +148,14 @@ def inject_adapter(model: nn.Module, config: FourierFTConfig, adapter_name: str)
             base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=base.weight.requires_grad)
         if layer is None:
             layer = cls(base)
-            _replace(model, name, layer)
+            replace_module(model, name, layer)
         _add_to_layer(layer, name, config, adapter_name)
         names.append(name)
     for name in saved:
         wrapper = model.get_submodule(name)
         if not isinstance(wrapper, ModulesToSave):
             wrapper = ModulesToSave(wrapper)
-            _replace(model, name, wrapper)
+            replace_module(model, name, wrapper)
         wrapper.add_adapter(adapter_name)
     return names
 

@@ -12,17 +12,12 @@ from pathlib import Path
 from torch import nn
 
 from .config import FourierFTConfig
-from .inject import adapter_layers, default_target_modules, inject_adapter, modules_to_save_wrappers, set_trainable
+from .inject import adapter_layers, default_target_modules, inject_adapter, modules_to_save_wrappers, replace_module, set_trainable
 from .io import check_positions, read_adapter, write_adapter
 from .layer import BASE_ADAPTER, check_adapter_name, check_mode, per_example_adapters
 from .state import adapter_state_dict, load_adapter_state_dict
 
 __all__ = ["FourierFTModel", "get_fourierft_model"]
-
-
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
 class FourierFTModel(nn.Module):
@@ -136,12 +131,12 @@ class FourierFTModel(nn.Module):
             if adapter_name in layer.specs:
                 layer.delete_adapter(adapter_name)
             if not layer.specs:
-                _replace(self.model, name, layer.base_layer)
+                replace_module(self.model, name, layer.base_layer)
         for name, wrapper in list(self._wrappers()):
             if adapter_name in wrapper.modules_to_save:
                 wrapper.delete_adapter(adapter_name)
             if not len(wrapper.modules_to_save):
-                _replace(self.model, name, wrapper.original_module)
+                replace_module(self.model, name, wrapper.original_module)
 
     def _layers(self):
         return adapter_layers(self.model)
@@ -207,10 +202,10 @@ class FourierFTModel(nn.Module):
 
     def _unwrap(self, keep_heads: bool) -> nn.Module:
         for name, layer in list(self._layers()):
-            _replace(self.model, name, layer.base_layer)
+            replace_module(self.model, name, layer.base_layer)
         for name, wrapper in list(self._wrappers()):
             head = wrapper.modules_to_save[wrapper.active_adapter] if keep_heads and wrapper.active_adapter else wrapper.original_module
-            _replace(self.model, name, head)
+            replace_module(self.model, name, head)
         self.model.requires_grad_(False)
         return self.model
 

@@ -23,6 +23,7 @@ from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue,
 __all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge", "RUN_INFO"]
 
 RUN_INFO = "run_info.json"
+TASKS = {"auto", "classification", "regression", *GLUE_TASKS}
 
 
 # ---------------------------------------------------------------- data and labels
@@ -71,6 +72,8 @@ class LabelSpace:
 def load_splits(cfg: TrainConfig) -> tuple[TextExamples, TextExamples, str]:
     """(train, eval, task) from a GLUE folder, files or a HF dataset."""
     task = cfg.task
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     if cfg.data:
         folder = Path(cfg.data)
         if task == "auto":
