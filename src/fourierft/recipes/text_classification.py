@@ -18,11 +18,11 @@ import torch
 from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, param_groups
 
 from .config import TrainConfig, save_config
+from .engine import RUN_INFO, mixed_precision, plot_run, save_adapter, trainer_classes, warmup
 from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
 
 __all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge", "RUN_INFO"]
 
-RUN_INFO = "run_info.json"
 TASKS = {"auto", "classification", "regression", *GLUE_TASKS}
 
 
@@ -179,77 +179,6 @@ def best_metric(space: LabelSpace, task: str) -> str:
 
 
 # ---------------------------------------------------------------- trainer
-def _trainer_classes():
-    from transformers import Trainer, TrainerCallback
-
-    class FourierFTTrainer(Trainer):
-        """Checkpoints hold only the adapter (safetensors); resuming and best-model loading read it back."""
-
-        shuffle = True
-
-        def _save(self, output_dir=None, state_dict=None):
-            output_dir = output_dir or self.args.output_dir
-            if self.args.should_save:
-                os.makedirs(output_dir, exist_ok=True)
-                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
-
-        def _load_adapter(self, directory):
-            from fourierft.io import read_adapter
-            from fourierft.state import load_adapter_state_dict
-
-            model = self.accelerator.unwrap_model(self.model)
-            _, state, _, _ = read_adapter(directory)
-            load_adapter_state_dict(model.model, state, model.active_adapter, model.peft_config[model.active_adapter].bias, source=str(directory))
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            self._load_adapter(resume_from_checkpoint)
-
-        def _load_best_model(self):
-            self._load_adapter(self.state.best_model_checkpoint)
-
-        def _get_train_sampler(self, *args, **kwargs):
-            if not self.shuffle:
-                dataset = args[0] if args else kwargs.get("train_dataset", self.train_dataset)
-                return torch.utils.data.SequentialSampler(dataset if dataset is not None else self.train_dataset)
-            return super()._get_train_sampler(*args, **kwargs)
-
-    class RunLog(TrainerCallback):
-        """metrics.jsonl of every log and evaluation; the newest adapter in last-adapter/."""
-
-        def __init__(self, run_dir: Path, info: dict):
-            self.run_dir, self.info = run_dir, info
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs:
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
-
-        def on_save(self, args, state, control, model=None, **kwargs):
-            if state.is_world_process_zero and model is not None:
-                save_adapter(model, self.run_dir / "last-adapter", self.info)
-
-    return FourierFTTrainer, RunLog
-
-
-def save_adapter(model, directory: Path, info: dict) -> None:
-    model.save_pretrained(directory)
-    (directory / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
-
-
-def _warmup(arguments_class, ratio: float) -> dict:
-    """transformers < 5 has warmup_ratio; 5 takes a float < 1 in warmup_steps as a ratio."""
-    names = {f.name for f in dataclasses.fields(arguments_class)}
-    return {"warmup_ratio": ratio} if "warmup_ratio" in names else {"warmup_steps": ratio}
-
-
-def mixed_precision(choice: str) -> dict:
-    if choice == "auto":
-        choice = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if choice not in ("no", "bf16", "fp16"):
-        raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {choice!r}")
-    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
-
-
 def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     """Run one training job; returns the final evaluation metrics and paths."""
     from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
@@ -273,7 +202,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     model.accepts_loss_kwargs = False
     info = {"model": cfg.model, "task": task, "labels": space.names, "max_length": cfg.max_length, "auto_class": "AutoModelForSequenceClassification"}
 
-    FourierFTTrainer, RunLog = _trainer_classes()
+    FourierFTTrainer, RunLog = trainer_classes()
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -281,7 +210,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         per_device_eval_batch_size=cfg.eval_batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         lr_scheduler_type="linear",
-        **_warmup(TrainingArguments, cfg.warmup_ratio),
+        **warmup(TrainingArguments, cfg.warmup_ratio),
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=cfg.save_total_limit,
@@ -320,40 +249,6 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         (run_dir / "results.json").write_text(json.dumps({"eval": metrics, "train_seconds": seconds}, indent=2) + "\n")
         plot_run(run_dir)
     return {"eval": metrics, "eval_before": before, "train_seconds": seconds, "run_dir": str(run_dir), "model": model}
-
-
-def plot_run(run_dir: Path) -> list[Path]:
-    """loss.png and eval.png from metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    out = []
-    series = {
-        "loss.png": [(r["step"], r["loss"]) for r in records if "loss" in r],
-        "eval.png": [(r["epoch"], v, k.removeprefix("eval_")) for r in records for k, v in r.items() if k.startswith("eval_") and k[5:] in ("accuracy", "f1", "matthews", "pearson", "spearman")],
-    }
-    for name, points in series.items():
-        if not points:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        if name == "loss.png":
-            ax.plot(*zip(*points))
-            ax.set(xlabel="step", ylabel="training loss")
-        else:
-            for metric in sorted({p[2] for p in points}):
-                xs, ys = zip(*[(p[0], p[1]) for p in points if p[2] == metric])
-                ax.plot(xs, ys, marker="o", label=metric)
-            ax.set(xlabel="epoch", ylabel="eval metric")
-            ax.legend()
-        fig.tight_layout()
-        (run_dir / "plots").mkdir(exist_ok=True)
-        fig.savefig(run_dir / "plots" / name, dpi=100)
-        plt.close(fig)
-        out.append(run_dir / "plots" / name)
-    return out
 
 
 # ---------------------------------------------------------------- using a saved adapter
