@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--adapter", required=True)
     m.add_argument("--model", default=None)
     m.add_argument("--out", required=True)
+    g = sub.add_parser("generate", help="generate with a saved causal-LM adapter (--prompt, or one prompt per line on stdin)")
+    g.add_argument("--adapter", required=True)
+    g.add_argument("--model", default=None)
+    g.add_argument("--prompt", default=None, help="an instruction (instruction adapters) or a meaning representation (E2E)")
+    g.add_argument("--max-new-tokens", type=int, default=None)
     i = sub.add_parser("inspect", help="summarise a saved adapter")
     i.add_argument("path")
     i.add_argument("--json", action="store_true", help="print JSON")
@@ -205,9 +210,15 @@ def _run_recipe(args) -> None:
     try:
         if args.command == "train":
             flags = {"model": args.model, "data": args.data, "task": args.task, "train_file": args.train_file, "eval_file": args.eval_file, "dataset": args.dataset, "output_dir": args.output_dir}
+            if _is_lm_task(args):
+                _train_lm(args, flags)
+                return
             cfg = resolve_config(args.preset, args.config, flags, args.overrides)
             result = tc.train(cfg)
             print(json.dumps({"eval": result["eval"], "train_seconds": round(result["train_seconds"], 1), "run_dir": result["run_dir"]}, indent=2))
+            return
+        if args.command == "generate":
+            _generate(args)
             return
         if args.command == "merge":
             print(f"merged model written to {tc.merge(args.adapter, args.out, args.model)}")
@@ -220,6 +231,52 @@ def _run_recipe(args) -> None:
             print(f"wrote {n} predictions to {args.out}")
     except (DataError, FileExistsError, ValueError) as err:
         sys.exit(f"error: {err}")
+
+
+LM_TASKS = ("e2e", "instruction")
+
+
+def _is_lm_task(args) -> bool:
+    """Causal-LM recipe when the task (flag, override, YAML or preset) is e2e or instruction."""
+    from .recipes.causal_lm import LM_PRESETS
+
+    task = args.task or next((o.split("=", 1)[1] for o in args.overrides if o.startswith("task=")), None)
+    if task is None and args.config:
+        import yaml
+
+        task = (yaml.safe_load(Path(args.config).read_text()) or {}).get("task")
+    if task is None and args.preset in LM_PRESETS:
+        task = LM_PRESETS[args.preset]["task"]
+    return task in LM_TASKS
+
+
+def _train_lm(args, flags) -> None:
+    from .recipes import causal_lm
+    from .recipes.config import resolve_config
+
+    unsupported = [k for k in ("data", "dataset") if flags.get(k)]
+    if unsupported:
+        raise ValueError(f"--{unsupported[0]} is for text classification; causal-LM tasks read --train-file / --eval-file")
+    flags = {k: v for k, v in flags.items() if k not in ("data", "dataset")}
+    cfg = resolve_config(args.preset, args.config, flags, args.overrides, cls=causal_lm.LMConfig, presets=causal_lm.LM_PRESETS)
+    result = causal_lm.train(cfg)
+    print(json.dumps({k: v for k, v in result.items() if k != "model"}, indent=2))
+
+
+def _generate(args) -> None:
+    from .recipes import causal_lm
+
+    tokenizer, model, info = causal_lm.load_for_generation(args.adapter, args.model)
+    task = info.get("task", "instruction")
+    templated = task == "instruction" and bool(getattr(tokenizer, "chat_template", None))
+    max_new = args.max_new_tokens or info.get("max_new_tokens", 64)
+    prompts = [args.prompt] if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
+    for text in prompts:
+        if not text.strip():
+            continue
+        example = text if task == "e2e" else {"instruction": text}
+        prompt = causal_lm.build_prompt(tokenizer, task, example)
+        print(causal_lm.generate(model, tokenizer, [prompt], max_new, info.get("num_beams", 1), templated=templated)[0], flush=True)
 
 
 if __name__ == "__main__":

@@ -93,17 +93,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _field_type(name: str):
-    hints = typing.get_type_hints(TrainConfig)
+def _field_type(name: str, cls: type):
+    hints = typing.get_type_hints(cls)
     if name not in hints:
-        known = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
         raise ValueError(f"unknown setting {name!r}; known settings: {known}")
     return hints[name]
 
 
-def coerce(name: str, value: Any) -> Any:
-    """Convert a YAML / command-line value to the type of setting ``name``."""
-    hint = _field_type(name)
+def coerce(name: str, value: Any, cls: type = TrainConfig) -> Any:
+    """Convert a YAML / command-line value to the type of setting ``name`` of the recipe config ``cls``."""
+    hint = _field_type(name, cls)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     optional = type(None) in typing.get_args(hint) or isinstance(hint, types.UnionType) and type(None) in hint.__args__
     if isinstance(value, str):
@@ -131,12 +131,14 @@ def coerce(name: str, value: Any) -> Any:
         raise ValueError(f"setting {name!r} expects {hint}, got {value!r}") from None
 
 
-def resolve_config(preset: str | None = None, yaml_file: str | None = None, flags: dict | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def resolve_config(preset=None, yaml_file=None, flags=None, overrides=None, cls: type = TrainConfig, presets: dict | None = None):
+    """An instance of the recipe config ``cls``: preset, then YAML, then flags, then key=value overrides."""
+    presets = PRESETS if presets is None else presets
     values: dict[str, Any] = {}
     if preset:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
-        values.update(PRESETS[preset])
+        if preset not in presets:
+            raise ValueError(f"unknown preset {preset!r}; available: {', '.join(sorted(presets))}")
+        values.update(presets[preset])
     if yaml_file:
         loaded = yaml.safe_load(Path(yaml_file).read_text()) or {}
         if not isinstance(loaded, dict):
@@ -148,10 +150,10 @@ def resolve_config(preset: str | None = None, yaml_file: str | None = None, flag
         if not sep:
             raise ValueError(f"override {item!r} is not key=value")
         values[key.strip()] = value
-    return TrainConfig(**{k: coerce(k, v) for k, v in values.items()})
+    return cls(**{k: coerce(k, v, cls) for k, v in values.items()})
 
 
-def save_config(config: TrainConfig, path: Path) -> str:
+def save_config(config, path: Path) -> str:
     text = yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
     path.write_text(text)
     return text

@@ -1,0 +1,124 @@
+"""Causal-LM recipe (E2E data-to-text, instruction tuning) on tiny GPT-2 / Llama models built from configs."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("sacrebleu")
+pytest.importorskip("rouge_score")
+
+from fourierft import cli  # noqa: E402
+from fourierft.layer import FourierFTLayer  # noqa: E402
+from fourierft.recipes import causal_lm as lm  # noqa: E402
+from fourierft.recipes.data import DataError  # noqa: E402
+
+WORDS = "name area food eatType pub restaurant coffee shop the is a in city centre riverside serves cheap italian french english near family friendly not The Vaults Alimentum [ ] , . instruction say hello world yes no".split()
+
+
+def word_tokenizer(directory, chat: bool = False):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>"] + sorted(set(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    if chat:
+        fast.chat_template = "{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}{% if add_generation_prompt %} say{% endif %}"
+    fast.save_pretrained(directory)
+    return len(vocab)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    d = tmp_path_factory.mktemp("gpt2")
+    n = word_tokenizer(d)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=n, n_positions=128, bos_token_id=2, eos_token_id=3, pad_token_id=0)).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("llama")
+    n = word_tokenizer(d, chat=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=n, max_position_embeddings=128, bos_token_id=2, eos_token_id=3, pad_token_id=0)).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture
+def e2e_files(tmp_path):
+    rows = [
+        ("name[The Vaults], eatType[pub]", "The Vaults is a pub ."),
+        ("name[The Vaults], eatType[pub]", "The Vaults is a pub in the city centre .\nnear riverside"),
+        ("name[Alimentum], food[italian]", "Alimentum serves italian food ."),
+        ("name[Alimentum], food[french]", "Alimentum serves french food ."),
+    ]
+    import csv
+
+    for split in ("train", "dev"):
+        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["mr", "ref"])
+            w.writerows(rows * (6 if split == "train" else 1))
+    return tmp_path / "train.csv", tmp_path / "dev.csv"
+
+
+def test_e2e_reader_keeps_multiline_references(e2e_files):
+    rows = lm.read_e2e(e2e_files[1])
+    assert len(rows) == 4 and rows[1][1] == "The Vaults is a pub in the city centre .\nnear riverside"
+    (e2e_files[0].parent / "bad.csv").write_text("meaning,text\na,b\n")
+    with pytest.raises(DataError, match="E2E files need the columns mr and ref"):
+        lm.read_e2e(e2e_files[0].parent / "bad.csv")
+
+
+def test_loss_is_on_the_response_only(tiny_gpt2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    prompt = lm.build_prompt(tok, "e2e", "name[The Vaults]")
+    enc = lm.encode_pair(tok, prompt, " The Vaults is a pub .", 64, templated=False)
+    n_prompt = len(tok(prompt)["input_ids"])
+    assert enc["labels"][:n_prompt] == [-100] * n_prompt
+    assert enc["labels"][n_prompt:] == enc["input_ids"][n_prompt:] and enc["input_ids"][-1] == tok.eos_token_id
+    assert len(lm.encode_pair(tok, prompt, " The Vaults is a pub .", 5, templated=False)["input_ids"]) == 5
+
+
+def test_e2e_gpt2_trains_scores_and_generates(tiny_gpt2_dir, e2e_files, tmp_path, capsys):
+    cfg = lm.LMConfig(model=tiny_gpt2_dir, task="e2e", train_file=str(e2e_files[0]), eval_file=str(e2e_files[1]), output_dir=str(tmp_path / "run"),
+                      n_frequency=200, scaling=20.0, lr=0.05, epochs=3, batch_size=8, max_new_tokens=8, logging_steps=1, label_smoothing=0.1)
+    result = lm.train(cfg, quiet=True)
+    layers = [m for m in result["model"].modules() if isinstance(m, FourierFTLayer)]
+    assert len(layers) == 2 and all(m.specs["default"].slices == ((0, 32), (64, 96)) for m in layers)  # q and v of c_attn
+    assert {"bleu", "chrf", "rougeL", "eval_loss"} <= set(result) and result["generated"] == 3  # 3 distinct MRs
+    rows = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    assert len(rows[0]["references"]) == 2 and all(isinstance(r["generated"], str) for r in rows)
+    capsys.readouterr()
+    cli.main(["generate", "--adapter", str(tmp_path / "run" / "adapter"), "--prompt", "name[Alimentum], food[italian]", "--max-new-tokens", "4"])
+    printed = capsys.readouterr().out.splitlines()
+    tok, model, _ = lm.load_for_generation(str(tmp_path / "run" / "adapter"))
+    expected = lm.generate(model, tok, [lm.build_prompt(tok, "e2e", "name[Alimentum], food[italian]")], max_new_tokens=4)
+    assert printed == expected
+    full = lm.generate(result["model"], tok, [lm.build_prompt(tok, "e2e", "name[Alimentum], food[italian]")], max_new_tokens=4)
+    assert full == expected  # the reloaded adapter generates what the trained one does
+
+
+def test_instruction_tuning_with_chat_template_via_cli(tiny_llama_dir, tmp_path, capsys):
+    records = [{"instruction": "say hello", "input": "", "output": "hello world"}, {"instruction": "say yes", "input": "world", "output": "yes"}] * 8
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "dev.json").write_text(json.dumps(records[:2]))
+    cli.main(["train", "--model", tiny_llama_dir, "--task", "instruction", "--train-file", str(tmp_path / "train.jsonl"), "--eval-file", str(tmp_path / "dev.json"),
+              "--output-dir", str(tmp_path / "run"), "n_frequency=100", "scaling=20", "epochs=1", "batch_size=4", "max_new_tokens=4", "logging_steps=1"])
+    printed = capsys.readouterr().out
+    results = json.loads(printed[printed.rindex('{\n  "train_seconds"') :])
+    assert results["generated"] == 2 and 0 <= results["rougeL"] <= 100
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(DataError, match="record 1 needs the keys instruction and output"):
+        lm.read_instructions(tmp_path / "bad.jsonl")
