@@ -210,8 +210,9 @@ def _run_recipe(args) -> None:
     try:
         if args.command == "train":
             flags = {"model": args.model, "data": args.data, "task": args.task, "train_file": args.train_file, "eval_file": args.eval_file, "dataset": args.dataset, "output_dir": args.output_dir}
-            if _is_lm_task(args):
-                _train_lm(args, flags)
+            kind = _recipe_kind(args)
+            if kind != "text":
+                _train_other(kind, args, flags)
                 return
             cfg = resolve_config(args.preset, args.config, flags, args.overrides)
             result = tc.train(cfg)
@@ -233,33 +234,39 @@ def _run_recipe(args) -> None:
         sys.exit(f"error: {err}")
 
 
-LM_TASKS = ("e2e", "instruction")
-
-
-def _is_lm_task(args) -> bool:
-    """Causal-LM recipe when the task (flag, override, YAML or preset) is e2e or instruction."""
+def _recipe_kind(args) -> str:
+    """"lm" for tasks e2e / instruction, "image" for task image, else "text" (flag, override, YAML or preset)."""
     from .recipes.causal_lm import LM_PRESETS
+    from .recipes.image_classification import IMAGE_PRESETS
 
     task = args.task or next((o.split("=", 1)[1] for o in args.overrides if o.startswith("task=")), None)
     if task is None and args.config:
         import yaml
 
         task = (yaml.safe_load(Path(args.config).read_text()) or {}).get("task")
+    if args.preset in IMAGE_PRESETS or task == "image":
+        return "image"
     if task is None and args.preset in LM_PRESETS:
         task = LM_PRESETS[args.preset]["task"]
-    return task in LM_TASKS
+    return "lm" if task in ("e2e", "instruction") else "text"
 
 
-def _train_lm(args, flags) -> None:
-    from .recipes import causal_lm
+def _train_other(kind: str, args, flags) -> None:
+    from .recipes import causal_lm, image_classification
     from .recipes.config import resolve_config
 
     unsupported = [k for k in ("data", "dataset") if flags.get(k)]
     if unsupported:
-        raise ValueError(f"--{unsupported[0]} is for text classification; causal-LM tasks read --train-file / --eval-file")
+        raise ValueError(f"--{unsupported[0]} is for text classification; this task reads --train-file / --eval-file")
     flags = {k: v for k, v in flags.items() if k not in ("data", "dataset")}
-    cfg = resolve_config(args.preset, args.config, flags, args.overrides, cls=causal_lm.LMConfig, presets=causal_lm.LM_PRESETS)
-    result = causal_lm.train(cfg)
+    if kind == "image":
+        flags = {"model": flags["model"], "output_dir": flags["output_dir"], "train_data": flags["train_file"], "eval_data": flags["eval_file"]}
+        overrides = [o for o in args.overrides if not o.startswith("task=")]
+        cfg = resolve_config(args.preset, args.config, flags, overrides, cls=image_classification.ImageConfig, presets=image_classification.IMAGE_PRESETS)
+        result = image_classification.train(cfg)
+    else:
+        cfg = resolve_config(args.preset, args.config, flags, args.overrides, cls=causal_lm.LMConfig, presets=causal_lm.LM_PRESETS)
+        result = causal_lm.train(cfg)
     print(json.dumps({k: v for k, v in result.items() if k != "model"}, indent=2))
 
 

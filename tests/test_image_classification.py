@@ -1,0 +1,92 @@
+"""Image classification recipe: tiny ViT (Transformers) and a small CNN (plain PyTorch, Conv2d adapters)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("PIL")
+
+from fourierft.layer import FourierFTConv2d, FourierFTLayer  # noqa: E402
+from fourierft.recipes import image_classification as ic  # noqa: E402
+from fourierft.recipes.data import DataError  # noqa: E402
+
+
+def synthetic(n, seed):
+    """Class 0: bright left half; class 1: bright right half; noise elsewhere. uint8 (n, 16, 16, 3)."""
+    g = np.random.default_rng(seed)
+    images = g.integers(0, 90, (n, 16, 16, 3), dtype=np.uint8)
+    labels = g.integers(0, 2, n)
+    for i, y in enumerate(labels):
+        images[i, :, (8 if y else 0) : (16 if y else 8)] += 150
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory):
+    d = tmp_path_factory.mktemp("arrays")
+    for split, n, seed in (("train", 160, 0), ("eval", 40, 1)):
+        images, labels = synthetic(n, seed)
+        np.savez(d / f"{split}.npz", images=images, labels=labels, classes=np.array(["left", "right"]))
+    return d
+
+
+def cnn_factory(num_classes):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(256, num_classes)
+    )
+
+
+def test_cnn_with_conv2d_adapters_from_arrays(arrays, tmp_path):
+    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_data=str(arrays / "train.npz"), eval_data=str(arrays / "eval.npz"),
+                         output_dir=str(tmp_path / "cnn"), image_size=16, target_modules=["0", "2"], head=["6"], n_frequency=500,
+                         scaling=20.0, lr=0.05, head_lr=0.01, epochs=4, batch_size=16, logging_steps=2)
+    result = ic.train(cfg, quiet=True)
+    layers = {n: m for n, m in result["model"].model.named_modules() if isinstance(m, FourierFTLayer)}
+    assert set(layers) == {"0", "2"} and all(isinstance(m, FourierFTConv2d) for m in layers.values())
+    assert layers["2"].specs["default"].n == 16 * 8  # clamped to the 1x1 conv's grid
+    assert result["eval"]["eval_accuracy"] > 0.8
+    assert (tmp_path / "cnn" / "best-adapter" / "adapter_model.safetensors").exists()
+
+
+def test_tiny_vit_from_an_image_folder(tmp_path):
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification
+
+    for split, n, seed in (("train", 96, 0), ("eval", 32, 1)):
+        images, labels = synthetic(n, seed)
+        for i, (img, y) in enumerate(zip(images, labels)):
+            folder = tmp_path / split / ("left", "right")[y]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=16, patch_size=4, num_labels=3)).save_pretrained(tmp_path / "vit")
+    cfg = ic.ImageConfig(model=str(tmp_path / "vit"), train_data=str(tmp_path / "train"), eval_data=str(tmp_path / "eval"), output_dir=str(tmp_path / "run"),
+                         image_size=16, n_frequency=200, scaling=20.0, lr=0.05, head_lr=0.01, epochs=3, batch_size=16, logging_steps=2)
+    result = ic.train(cfg, quiet=True)
+    names = [n for n, m in result["model"].model.named_modules() if isinstance(m, FourierFTLayer)]
+    assert len(names) == 4 and all(n.endswith(("q_proj", "v_proj", "query", "value")) for n in names)
+    assert result["model"].model.classifier.modules_to_save["default"].out_features == 2  # re-headed for 2 classes
+    assert 0.0 <= result["eval"]["eval_accuracy"] <= 1.0
+
+
+def test_image_data_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="one sub-folder of images per class"):
+        ic.read_image_folder(tmp_path / "empty")
+    np.savez(tmp_path / "x.npz", pixels=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(DataError, match=r"needs the arrays 'images' .* found \['pixels'\]"):
+        ic.read_arrays(tmp_path / "x.npz")
+    np.savez(tmp_path / "f.npz", images=np.zeros((2, 4, 4), np.float32), labels=np.zeros(2))
+    with pytest.raises(DataError, match="images must be uint8"):
+        ic.read_arrays(tmp_path / "f.npz")
+
+
+def test_train_cli_routes_image_tasks(arrays, tmp_path, capsys):
+    from fourierft import cli
+
+    cli.main(["train", "--task", "image", "--model", "test_image_classification:cnn_factory", "--train-file", str(arrays / "train.npz"), "--eval-file", str(arrays / "eval.npz"),
+              "--output-dir", str(tmp_path / "run"), "image_size=16", "target_modules=0,2", "head=6", "n_frequency=100", "scaling=20", "epochs=1", "batch_size=32"])
+    printed = capsys.readouterr().out
+    assert "image_size: 16" in printed and '"eval_accuracy"' in printed
