@@ -122,3 +122,15 @@ def test_instruction_tuning_with_chat_template_via_cli(tiny_llama_dir, tmp_path,
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "x"}) + "\n")
     with pytest.raises(DataError, match="record 1 needs the keys instruction and output"):
         lm.read_instructions(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_lm_comparison_methods(tiny_gpt2_dir, e2e_files, tmp_path, method):
+    cfg = lm.LMConfig(model=tiny_gpt2_dir, task="e2e", train_file=str(e2e_files[0]), eval_file=str(e2e_files[1]), output_dir=str(tmp_path / method),
+                      method=method, lr=1e-3, epochs=1, batch_size=8, max_new_tokens=4)
+    result = lm.train(cfg, quiet=True)
+    if method == "lora":
+        assert result["trainable_parameters"] == 2 * 8 * (32 + 96)  # c_attn: 32 -> 96, two layers
+    else:
+        assert result["trainable_parameters"] == sum(p.numel() for p in result["model"].parameters())
+    assert "bleu" in result and result["saved_bytes"] > 0

@@ -90,3 +90,13 @@ def test_train_cli_routes_image_tasks(arrays, tmp_path, capsys):
               "--output-dir", str(tmp_path / "run"), "image_size=16", "target_modules=0,2", "head=6", "n_frequency=100", "scaling=20", "epochs=1", "batch_size=32"])
     printed = capsys.readouterr().out
     assert "image_size: 16" in printed and '"eval_accuracy"' in printed
+
+
+@pytest.mark.parametrize("method", ["lora", "head", "full"])
+def test_image_comparison_methods(arrays, tmp_path, method):
+    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_data=str(arrays / "train.npz"), eval_data=str(arrays / "eval.npz"),
+                         output_dir=str(tmp_path / method), image_size=16, target_modules=["0", "2"], head=["6"], method=method, lr=1e-3, epochs=1, batch_size=32)
+    result = ic.train(cfg, quiet=True)
+    head = 256 * 2 + 2
+    expected = {"lora": 8 * (27 + 8) + 8 * (8 + 16) + head, "head": head, "full": sum(p.numel() for p in cnn_factory(2).parameters())}[method]
+    assert result["trainable_parameters"] == expected and result["saved_bytes"] > 0

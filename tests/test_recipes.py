@@ -312,3 +312,16 @@ def test_hf_dataset_names_and_predict_from_unlabelled_file(trained_run, monkeypa
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert n == 2 and [r["label"] for r in rows] == ["1", "0"]
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
+
+
+@pytest.mark.parametrize("method, expect_trainable", [("lora", 2 * 2 * 8 * (32 + 32) + 32 * 2 + 2), ("head", 32 * 2 + 2), ("full", None)])
+def test_comparison_methods(tiny_model, glue_sst2, tmp_path, method, expect_trainable):
+    cfg = small_cfg(tiny_model, tmp_path / method, data=str(glue_sst2), method=method, target_modules=["query", "value"], lr=1e-3, epochs=1, max_train_samples=64)
+    result = tc.train(cfg, quiet=True)
+    if expect_trainable is not None:
+        assert result["trainable_parameters"] == expect_trainable
+    else:
+        assert result["trainable_parameters"] == sum(p.numel() for p in result["model"].parameters())
+    saved = json.loads((tmp_path / method / "results.json").read_text())
+    assert saved["method"] == method and saved["saved_bytes"] > 0 and "eval_accuracy" in saved["eval"]
+    assert not list((tmp_path / method).glob("checkpoints/checkpoint-*"))  # no adapter checkpoints for baselines

@@ -19,6 +19,9 @@ import torch.nn.functional as F
 
 from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, param_groups
 
+from fourierft.inject import default_target_modules
+
+from .baselines import prepare_baseline, save_trained
 from .config import save_config
 from .data import DataError
 from .engine import RUN_INFO, mixed_precision, plot_run, save_adapter, trainer_classes, warmup
@@ -42,6 +45,9 @@ class LMConfig:
     train_file: str | None = None
     eval_file: str | None = None
     output_dir: str = "runs/causal-lm"
+    method: str = "fourierft"
+    """fourierft, or a comparison: lora (PEFT, same targets, rank lora_rank) or full."""
+    lora_rank: int = 8
     n_frequency: int = 1000
     scaling: float = 300.0
     target_modules: list[str] | None = None
@@ -219,7 +225,13 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
     templated = cfg.task == "instruction" and bool(getattr(tokenizer, "chat_template", None))
     train_pairs = _pairs(cfg, cfg.train_file, tokenizer)[: cfg.max_train_samples]
     eval_pairs = _pairs(cfg, cfg.eval_file, tokenizer) if cfg.eval_file else []
-    model = wrap(base, cfg)
+    fourier = cfg.method == "fourierft"
+    if fourier:
+        model = wrap(base, cfg)
+        groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        targets = cfg.target_modules or (["c_attn"] if base.config.model_type == "gpt2" else default_target_modules(base))
+        model, groups = prepare_baseline(cfg.method, base, targets, [], cfg.lr, cfg.lr, cfg.weight_decay, cfg.lora_rank)
     model.accepts_loss_kwargs = False  # compute_loss returns a per-batch mean
     info = {"model": cfg.model, "gguf_file": cfg.gguf_file, "task": cfg.task, "auto_class": "AutoModelForCausalLM", "max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams}
 
@@ -227,7 +239,7 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum, lr_scheduler_type="linear",
-        **warmup(TrainingArguments, cfg.warmup_ratio), eval_strategy="epoch" if eval_pairs else "no", save_strategy="epoch",
+        **warmup(TrainingArguments, cfg.warmup_ratio), eval_strategy="epoch" if eval_pairs else "no", save_strategy="epoch" if fourier else "no",
         save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, report_to=[], seed=cfg.seed,
         gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(), disable_tqdm=quiet,
         remove_unused_columns=False, prediction_loss_only=True, **mixed_precision(cfg.mixed_precision),
@@ -236,16 +248,21 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
         model=model, args=args,
         train_dataset=[encode_pair(tokenizer, p, r, cfg.max_length, templated) for p, r in train_pairs],
         eval_dataset=[encode_pair(tokenizer, p, r, cfg.max_length, templated) for p, r in eval_pairs] or None,
-        data_collator=_Collator(tokenizer.pad_token_id), optimizers=(torch.optim.AdamW(param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay)), None),
+        data_collator=_Collator(tokenizer.pad_token_id), optimizers=(torch.optim.AdamW(groups), None),
         callbacks=[RunLog(run_dir, info)],
     )
     trainer.shuffle, trainer.label_smoothing = cfg.shuffle, cfg.label_smoothing
     start = time.time()
     trainer.train(resume_from_checkpoint=bool(cfg.resume) or None)
     seconds = time.time() - start
-    save_adapter(model, run_dir / "adapter", info)
-    tokenizer.save_pretrained(run_dir / "adapter")
-    results = {"train_seconds": seconds}
+    if fourier:
+        save_adapter(model, run_dir / "adapter", info)
+        tokenizer.save_pretrained(run_dir / "adapter")
+        saved = (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size
+    else:
+        saved = save_trained(model, run_dir / "trained", cfg.method)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    results = {"train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable, "saved_bytes": saved}
     if eval_pairs:
         results["eval_loss"] = trainer.evaluate()["eval_loss"]
         results.update(score(model, tokenizer, cfg, run_dir / "generations.jsonl"))

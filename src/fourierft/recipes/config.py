@@ -35,6 +35,9 @@ class TrainConfig:
     text_pair_column: str | None = None
     label_column: str = "label"
     output_dir: str = "runs/text-classification"
+    method: str = "fourierft"
+    """fourierft, or a comparison: lora (PEFT, same targets, rank lora_rank), head (head only), full."""
+    lora_rank: int = 8
     # adapter
     n_frequency: int = 1000
     scaling: float = 150.0

@@ -27,7 +27,9 @@ def trainer_classes():
             output_dir = output_dir or self.args.output_dir
             if self.args.should_save:
                 os.makedirs(output_dir, exist_ok=True)
-                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+                model = self.accelerator.unwrap_model(self.model)
+                if hasattr(model, "save_pretrained"):  # FourierFT adapter, PEFT LoRA, or a transformers model
+                    model.save_pretrained(output_dir)
 
         def _load_adapter(self, directory):
             from fourierft.io import read_adapter

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 from fourierft import FourierFTConfig, get_fourierft_model, param_groups
 
+from fourierft.inject import default_target_modules
+
+from .baselines import prepare_baseline, save_trained
 from .config import save_config
 from .data import DataError
 from .engine import mixed_precision, plot_run, save_adapter, trainer_classes, warmup
@@ -35,6 +38,9 @@ class ImageConfig:
     """An image folder (one sub-folder per class) or a .npz file with arrays images (N, H, W[, C]) and labels (N,)."""
     eval_data: str | None = None
     output_dir: str = "runs/image-classification"
+    method: str = "fourierft"
+    """fourierft, or a comparison: lora (PEFT, same targets, rank lora_rank), head (head only), full."""
+    lora_rank: int = 8
     image_size: int = 224
     channels: int = 3
     mean: list[float] | None = None
@@ -200,7 +206,14 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     train_set, eval_set = read_images(cfg.train_data, cfg), read_images(cfg.eval_data, cfg)
     classes = train_set.classes
     model, _, (mean, std) = load_model(cfg, len(classes))
-    model = wrap(model, cfg)
+    fourier = cfg.method == "fourierft"
+    if fourier:
+        model = wrap(model, cfg)
+        groups = param_groups(model, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    else:
+        heads = cfg.head if cfg.head is not None else [n for n in ("classifier",) if hasattr(model, n)]
+        targets = cfg.target_modules or default_target_modules(model)
+        model, groups = prepare_baseline(cfg.method, model, targets, heads, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.lora_rank)
     model.accepts_loss_kwargs = False
     info = {"model": cfg.model, "classes": classes, "image_size": cfg.image_size, "mean": mean, "std": std, "auto_class": "AutoModelForImageClassification"}
 
@@ -216,15 +229,15 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum, lr_scheduler_type="linear",
-        **warmup(TrainingArguments, cfg.warmup_ratio), eval_strategy="epoch", save_strategy="epoch", save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True, logging_steps=cfg.logging_steps,
+        **warmup(TrainingArguments, cfg.warmup_ratio), eval_strategy="epoch", save_strategy="epoch" if fourier else "no", save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=fourier, metric_for_best_model="accuracy", greater_is_better=True, logging_steps=cfg.logging_steps,
         report_to=[], seed=cfg.seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=quiet, remove_unused_columns=False,
         label_names=["labels"], **mixed_precision(cfg.mixed_precision),
     )
     trainer = _image_trainer(base_trainer)(
         model=model, args=args, train_dataset=rows(train_set, cfg.max_train_samples), eval_dataset=rows(eval_set, cfg.max_eval_samples),
         data_collator=_Batches(cfg.image_size, mean, std), compute_metrics=accuracy,
-        optimizers=(torch.optim.AdamW(param_groups(model, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)), None),
+        optimizers=(torch.optim.AdamW(groups), None),
         callbacks=[RunLog(run_dir, info)],
     )
     trainer.shuffle = cfg.shuffle
@@ -232,7 +245,13 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     trainer.train(resume_from_checkpoint=bool(cfg.resume) or None)
     seconds = time.time() - start
     metrics = trainer.evaluate()
-    save_adapter(model, run_dir / "best-adapter", info)
-    (run_dir / "results.json").write_text(json.dumps({"eval": metrics, "train_seconds": seconds}, indent=2) + "\n")
+    if fourier:
+        save_adapter(model, run_dir / "best-adapter", info)
+        saved = (run_dir / "best-adapter" / "adapter_model.safetensors").stat().st_size
+    else:
+        saved = save_trained(model, run_dir / "trained", cfg.method)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    summary = {"eval": metrics, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable, "saved_bytes": saved}
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_run(run_dir)
-    return {"eval": metrics, "train_seconds": seconds, "run_dir": str(run_dir), "model": model}
+    return {**summary, "run_dir": str(run_dir), "model": model}

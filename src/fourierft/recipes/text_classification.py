@@ -17,6 +17,9 @@ import torch
 
 from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, param_groups
 
+from fourierft.inject import default_target_modules
+
+from .baselines import prepare_baseline, save_trained
 from .config import TrainConfig, save_config
 from .engine import RUN_INFO, mixed_precision, plot_run, save_adapter, trainer_classes, warmup
 from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
@@ -196,7 +199,13 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     space = LabelSpace.infer(task, train_ex)
     train_labels, eval_labels = space.encode(train_ex), space.encode(eval_ex)
     tokenizer, base = load_base(cfg.model, space)
-    model = wrap(base, cfg)
+    fourier = cfg.method == "fourierft"
+    if fourier:
+        model = wrap(base, cfg)
+        groups = param_groups(model, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    else:
+        targets = cfg.target_modules or default_target_modules(base)
+        model, groups = prepare_baseline(cfg.method, base, targets, head_names(base), cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.lora_rank)
     # Sequence-classification losses are per-process means that ignore num_items_in_batch; without this,
     # Trainer would scale the loss by the number of processes under DDP and clip different gradients.
     model.accepts_loss_kwargs = False
@@ -212,9 +221,9 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         lr_scheduler_type="linear",
         **warmup(TrainingArguments, cfg.warmup_ratio),
         eval_strategy="epoch",
-        save_strategy="epoch",
+        save_strategy="epoch" if fourier else "no",
         save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=True,
+        load_best_model_at_end=fourier,
         metric_for_best_model=best_metric(space, task),
         greater_is_better=True,
         logging_steps=cfg.logging_steps,
@@ -226,7 +235,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         disable_tqdm=quiet,
         **mixed_precision(cfg.mixed_precision),
     )
-    optimizer = torch.optim.AdamW(param_groups(model, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay))
+    optimizer = torch.optim.AdamW(groups)
     trainer = FourierFTTrainer(
         model=model,
         args=args,
@@ -243,12 +252,19 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     trainer.train(resume_from_checkpoint=bool(cfg.resume) or None)
     seconds = time.time() - start
     metrics = trainer.evaluate()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    saved = None
     if trainer.is_world_process_zero():
-        save_adapter(model, run_dir / "best-adapter", info)
-        tokenizer.save_pretrained(run_dir / "best-adapter")
-        (run_dir / "results.json").write_text(json.dumps({"eval": metrics, "train_seconds": seconds}, indent=2) + "\n")
+        if fourier:
+            save_adapter(model, run_dir / "best-adapter", info)
+            tokenizer.save_pretrained(run_dir / "best-adapter")
+            saved = (run_dir / "best-adapter" / "adapter_model.safetensors").stat().st_size
+        else:
+            saved = save_trained(model, run_dir / "trained", cfg.method)
+        summary = {"eval": metrics, "eval_before": before, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable, "saved_bytes": saved}
+        (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_run(run_dir)
-    return {"eval": metrics, "eval_before": before, "train_seconds": seconds, "run_dir": str(run_dir), "model": model}
+    return {"eval": metrics, "eval_before": before, "train_seconds": seconds, "run_dir": str(run_dir), "model": model, "trainable_parameters": trainable, "saved_bytes": saved}
 
 
 # ---------------------------------------------------------------- using a saved adapter
