@@ -280,3 +280,28 @@ def test_every_mode_matches_reference_in_training(case):
             torch.testing.assert_close(grad, g_ref[name], rtol=1e-4, atol=1e-5 * g_ref[name].abs().max().item(), msg=f"{mode} {name}")
     with pytest.raises(ValueError, match="unknown mode"):
         model.set_mode("fastest")
+
+
+class SamePadConv(nn.Conv2d):
+    """A Conv2d subclass with its own forward (TF-style "same" padding), like EfficientNet-Lite's."""
+
+    def forward(self, x):
+        return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 0, 2)), self.weight, self.bias, self.stride)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_subclass_runs_its_own_forward(dtype, bias):
+    torch.manual_seed(0)
+    conv = SamePadConv(4, 6, 3, stride=2, bias=bias).to(dtype)
+    reference = copy.deepcopy(conv)
+    layer = FourierFTConv2d(conv)
+    layer.add_adapter("a", 20, 5.0, 0)
+    layer.set_active(["a"])
+    if dtype == torch.float64:
+        layer.double()
+    x = torch.randn(2, 4, 7, 7, dtype=dtype)
+    with torch.no_grad():
+        reference.weight += layer.delta_weight("a").view_as(reference.weight).to(dtype)
+        tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(layer(x), reference(x), **tol)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from .functional import delta_rows, spectral_positions
 from .kernels import MODES, Block, apply_effective, effective_weight, fourier_linear, needs_separate_term, plan_delta_weight, resolve_mode
@@ -246,19 +247,29 @@ class FourierFTLinear(FourierFTLayer):
 
 
 class FourierFTConv2d(FourierFTLayer):
-    """nn.Conv2d with dW over out_channels x (in_channels/groups * kh * kw)."""
+    """nn.Conv2d (or a subclass with its own forward, e.g. "same" padding) with dW over
+    out_channels x (in_channels/groups * kh * kw)."""
 
     def weight_matrix(self):
         w = self.base_layer.weight
         return w.view(w.shape[0], -1)
+
+    def _conv(self, x, weight, with_bias: bool):
+        conv = self.base_layer
+        if type(conv).forward is nn.Conv2d.forward:
+            return conv._conv_forward(x, weight, conv.bias if with_bias else None)
+        params = {"weight": weight}
+        if not with_bias and conv.bias is not None:
+            params["bias"] = torch.zeros_like(conv.bias)
+        return functional_call(conv, params, (x,))  # the subclass's own forward, with this weight
 
     def _forward_with(self, x, names):
         conv = self.base_layer
         coeffs, plan = self.coeffs_and_plan(names)
         dw = plan_delta_weight(coeffs, plan, self.d_out, self.d_in).view(conv.weight.shape)
         if needs_separate_term(x, conv.weight):  # keep dW out of the rounded weight
-            return conv(x) + conv._conv_forward(x, dw.to(x.dtype), None)
-        return conv._conv_forward(x, (conv.weight.to(dw.dtype) + dw).to(x.dtype), conv.bias)
+            return conv(x) + self._conv(x, dw.to(x.dtype), with_bias=False)
+        return self._conv(x, (conv.weight.to(dw.dtype) + dw).to(x.dtype), with_bias=True)
 
 
 class FourierFTEmbedding(FourierFTLayer):
@@ -285,9 +296,11 @@ LAYER_TYPES: dict[type, type[FourierFTLayer]] = {
 
 
 def adapter_class_for(module: nn.Module) -> type[FourierFTLayer] | None:
-    """The adapter class for a module, or None. Subclasses that change forward are not supported."""
+    """The adapter class for a module, or None. Linear / Embedding subclasses that change forward are not supported."""
     if _is_conv1d(module):
         return FourierFTLinear
+    if isinstance(module, nn.Conv2d):  # subclasses run their own forward (see FourierFTConv2d._conv)
+        return FourierFTConv2d
     for base_type, cls in LAYER_TYPES.items():
         if isinstance(module, base_type) and type(module).forward is base_type.forward:
             return cls
