@@ -51,6 +51,8 @@ class ImageConfig:
     target_modules: list[str] | None = None
     """None: the model type's query and value projections (ViT)."""
     n_frequency_pattern: dict[str, int] | None = None
+    init_weights: bool = False
+    """True: coefficients start at zero, so training starts from the pretrained network."""
     clamp_n_frequency: bool = True
     """Small layers (e.g. 1x1 convolutions) use all their spectral entries rather than failing."""
     head: list[str] | None = None
@@ -173,7 +175,7 @@ def wrap(model, cfg: ImageConfig):
     head = cfg.head if cfg.head is not None else [n for n in ("classifier",) if hasattr(model, n)]
     adapter_cfg = FourierFTConfig(
         n_frequency=cfg.n_frequency, scaling=cfg.scaling, target_modules=cfg.target_modules, n_frequency_pattern=cfg.n_frequency_pattern or {},
-        clamp_n_frequency=cfg.clamp_n_frequency, modules_to_save=head or None,
+        clamp_n_frequency=cfg.clamp_n_frequency, modules_to_save=head or None, init_weights=cfg.init_weights,
     )
     return get_fourierft_model(model, adapter_cfg)
 
