@@ -1,5 +1,7 @@
 """Image classification recipe: tiny ViT (Transformers) and a small CNN (plain PyTorch, Conv2d adapters)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,19 @@ def test_image_comparison_methods(arrays, tmp_path, method):
     head = 256 * 2 + 2
     expected = {"lora": 8 * (27 + 8) + 8 * (8 + 16) + head, "head": head, "full": sum(p.numel() for p in cnn_factory(2).parameters())}[method]
     assert result["trainable_parameters"] == expected and result["saved_bytes"] > 0
+
+
+def test_eval_and_predict_with_a_saved_image_adapter(arrays, tmp_path, capsys):
+    from fourierft import cli
+
+    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_data=str(arrays / "train.npz"), eval_data=str(arrays / "eval.npz"),
+                         output_dir=str(tmp_path / "run"), image_size=16, target_modules=["0", "2"], head=["6"], n_frequency=500,
+                         scaling=20.0, lr=0.05, head_lr=0.01, epochs=2, batch_size=16)
+    result = ic.train(cfg, quiet=True)
+    adapter = str(tmp_path / "run" / "best-adapter")
+    capsys.readouterr()
+    cli.main(["eval", "--adapter", adapter, "--file", str(arrays / "eval.npz")])
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(result["eval"]["eval_accuracy"])
+    cli.main(["predict", "--adapter", adapter, "--file", str(arrays / "eval.npz"), "--out", str(tmp_path / "p.jsonl")])
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and {r["label"] for r in rows} <= {"left", "right"}

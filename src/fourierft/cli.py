@@ -129,7 +129,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", required=True, help="adapter directory written by fourierft train (or best-adapter/)")
     p.add_argument("--model", default=None, help="base model (default: the one recorded with the adapter)")
     p.add_argument("--data", default=None, help="GLUE-style folder (uses dev.tsv)")
-    p.add_argument("--file", default=None, help="CSV / TSV / JSON / JSONL file")
+    p.add_argument("--file", default=None, help="CSV / TSV / JSON / JSONL file (image adapters: an image folder or .npz)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--text-pair-column", default=None)
     p.add_argument("--label-column", default="label")
@@ -224,6 +224,15 @@ def _run_recipe(args) -> None:
         if args.command == "merge":
             print(f"merged model written to {tc.merge(args.adapter, args.out, args.model)}")
             return
+        if _adapter_kind(args.adapter) == "AutoModelForImageClassification":
+            from .recipes import image_classification as ic
+
+            data = args.file or args.data
+            if args.command == "eval":
+                print(json.dumps(ic.evaluate(args.adapter, data, args.model), indent=2))
+            else:
+                print(f"wrote {ic.predict(args.adapter, data, args.out, args.model)} predictions to {args.out}")
+            return
         columns = {"text_column": args.text_column, "pair_column": args.text_pair_column, "label_column": args.label_column}
         if args.command == "eval":
             print(json.dumps(tc.evaluate(args.adapter, args.data, args.file, args.model, columns), indent=2))
@@ -232,6 +241,11 @@ def _run_recipe(args) -> None:
             print(f"wrote {n} predictions to {args.out}")
     except (DataError, FileExistsError, ValueError) as err:
         sys.exit(f"error: {err}")
+
+
+def _adapter_kind(adapter: str) -> str | None:
+    info = Path(adapter) / "run_info.json"
+    return json.loads(info.read_text()).get("auto_class") if info.is_file() else None
 
 
 def _recipe_kind(args) -> str:

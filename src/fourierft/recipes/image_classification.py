@@ -257,3 +257,46 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_run(run_dir)
     return {**summary, "run_dir": str(run_dir), "model": model}
+
+
+# ---------------------------------------------------------------- using a saved adapter
+def load_for_inference(adapter: str, model_name: str | None = None):
+    from fourierft import FourierFTModel
+
+    from .engine import RUN_INFO
+
+    info = json.loads((Path(adapter) / RUN_INFO).read_text())
+    cfg = ImageConfig(model=model_name or info["model"], image_size=info["image_size"], mean=info["mean"], std=info["std"])
+    base, _, _ = load_model(cfg, len(info["classes"]))
+    return FourierFTModel.from_pretrained(base, adapter).eval(), cfg, info
+
+
+@torch.no_grad()
+def _logits(model, images: ImageSet, cfg: ImageConfig, batch_size: int = 64) -> torch.Tensor:
+    collate = _Batches(cfg.image_size, cfg.mean, cfg.std)
+    out = []
+    for i in range(0, len(images.labels), batch_size):
+        batch = collate([{"image": img, "label": 0} for img in images.images[i : i + batch_size]])
+        y = model(batch["pixel_values"])
+        out.append((y.logits if hasattr(y, "logits") else y).float())
+    return torch.cat(out)
+
+
+def evaluate(adapter: str, data: str, model_name: str | None = None) -> dict:
+    model, cfg, info = load_for_inference(adapter, model_name)
+    images = read_images(data, cfg)
+    if images.classes != info["classes"]:
+        raise DataError(f"{data}: classes {images.classes} differ from the adapter's {info['classes']}")
+    predictions = _logits(model, images, cfg).argmax(-1)
+    return {"accuracy": float((predictions == images.labels).float().mean()), "examples": len(images.labels)}
+
+
+def predict(adapter: str, data: str, out_file: str, model_name: str | None = None) -> int:
+    """One JSON line per image: predicted class and class probabilities."""
+    model, cfg, info = load_for_inference(adapter, model_name)
+    images = read_images(data, cfg)
+    probs = _logits(model, images, cfg).softmax(-1)
+    with open(out_file, "w") as f:
+        for i, p in enumerate(probs):
+            f.write(json.dumps({"index": i, "label": info["classes"][int(p.argmax())], "probabilities": {c: round(float(v), 6) for c, v in zip(info["classes"], p)}}) + "\n")
+    return len(probs)
