@@ -21,10 +21,10 @@ from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, para
 
 from fourierft.inject import default_target_modules
 
-from .baselines import prepare_baseline, save_trained
+from .baselines import prepare_baseline
 from .config import save_config
 from .data import DataError
-from .engine import RUN_INFO, mixed_precision, plot_run, save_adapter, trainer_classes, warmup
+from .engine import mixed_precision, plot_run, read_run_info, save_outcome, trainer_classes, warmup
 
 __all__ = ["LMConfig", "LM_PRESETS", "read_e2e", "read_instructions", "build_prompt", "encode_pair", "train", "generate"]
 
@@ -255,12 +255,7 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
     start = time.time()
     trainer.train(resume_from_checkpoint=bool(cfg.resume) or None)
     seconds = time.time() - start
-    if fourier:
-        save_adapter(model, run_dir / "adapter", info)
-        tokenizer.save_pretrained(run_dir / "adapter")
-        saved = (run_dir / "adapter" / "adapter_model.safetensors").stat().st_size
-    else:
-        saved = save_trained(model, run_dir / "trained", cfg.method)
+    saved = save_outcome(model, run_dir / "adapter", info, cfg.method, tokenizer)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     results = {"train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable, "saved_bytes": saved}
     if eval_pairs:
@@ -324,10 +319,6 @@ def score(model, tokenizer, cfg: LMConfig, out_file: Path) -> dict:
 
 
 def load_for_generation(adapter: str, model_name: str | None = None):
-    info_path = Path(adapter) / RUN_INFO
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    model_name = model_name or info.get("model")
-    if not model_name:
-        raise DataError(f"{adapter} has no {RUN_INFO}; pass --model <base model> too")
+    info, model_name = read_run_info(adapter, model_name)
     tokenizer, base = load_base(model_name, info.get("gguf_file"))
     return tokenizer, FourierFTModel.from_pretrained(base, adapter).eval(), info

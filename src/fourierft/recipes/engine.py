@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUN_INFO", "trainer_classes", "save_adapter", "warmup", "mixed_precision", "plot_run"]
+__all__ = ["RUN_INFO", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "warmup", "mixed_precision", "plot_run"]
 
 RUN_INFO = "run_info.json"
 
@@ -72,6 +72,31 @@ def trainer_classes():
 def save_adapter(model, directory: Path, info: dict) -> None:
     model.save_pretrained(directory)
     (directory / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def save_outcome(model, directory: Path, info: dict, method: str, tokenizer=None) -> int:
+    """Save what training produced: the FourierFT adapter with its run info (and tokenizer), or, for a
+    comparison method, its trained tensors next to it. Returns the bytes that method has to store."""
+    if method != "fourierft":
+        from .baselines import save_trained
+
+        return save_trained(model, directory.parent / "trained", method)
+    save_adapter(model, directory, info)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return (directory / "adapter_model.safetensors").stat().st_size
+
+
+def read_run_info(adapter: str, model_name: str | None = None) -> tuple[dict, str]:
+    """(run info written with the adapter, base model: ``model_name`` or the recorded one)."""
+    from .data import DataError
+
+    path = Path(adapter) / RUN_INFO
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    model_name = model_name or info.get("model")
+    if not model_name:
+        raise DataError(f"{adapter} has no {RUN_INFO}; pass --model <base model> too")
+    return info, model_name
 
 
 def warmup(arguments_class, ratio: float) -> dict:

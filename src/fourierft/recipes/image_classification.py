@@ -19,10 +19,10 @@ from fourierft import FourierFTConfig, get_fourierft_model, param_groups
 
 from fourierft.inject import default_target_modules
 
-from .baselines import prepare_baseline, save_trained
+from .baselines import prepare_baseline
 from .config import save_config
 from .data import DataError
-from .engine import mixed_precision, plot_run, save_adapter, trainer_classes, warmup
+from .engine import mixed_precision, plot_run, read_run_info, save_outcome, trainer_classes, warmup
 
 __all__ = ["ImageConfig", "IMAGE_PRESETS", "ImageSet", "read_image_folder", "read_arrays", "train"]
 
@@ -247,11 +247,7 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     trainer.train(resume_from_checkpoint=bool(cfg.resume) or None)
     seconds = time.time() - start
     metrics = trainer.evaluate()
-    if fourier:
-        save_adapter(model, run_dir / "best-adapter", info)
-        saved = (run_dir / "best-adapter" / "adapter_model.safetensors").stat().st_size
-    else:
-        saved = save_trained(model, run_dir / "trained", cfg.method)
+    saved = save_outcome(model, run_dir / "best-adapter", info, cfg.method)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {"eval": metrics, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable, "saved_bytes": saved}
     (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -263,10 +259,8 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
 def load_for_inference(adapter: str, model_name: str | None = None):
     from fourierft import FourierFTModel
 
-    from .engine import RUN_INFO
-
-    info = json.loads((Path(adapter) / RUN_INFO).read_text())
-    cfg = ImageConfig(model=model_name or info["model"], image_size=info["image_size"], mean=info["mean"], std=info["std"])
+    info, model_name = read_run_info(adapter, model_name)
+    cfg = ImageConfig(model=model_name, image_size=info["image_size"], mean=info["mean"], std=info["std"])
     base, _, _ = load_model(cfg, len(info["classes"]))
     return FourierFTModel.from_pretrained(base, adapter).eval(), cfg, info
 

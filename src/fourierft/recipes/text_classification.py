@@ -19,12 +19,12 @@ from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, para
 
 from fourierft.inject import default_target_modules
 
-from .baselines import prepare_baseline, save_trained
+from .baselines import prepare_baseline
 from .config import TrainConfig, save_config
-from .engine import RUN_INFO, mixed_precision, plot_run, save_adapter, trainer_classes, warmup
+from .engine import mixed_precision, plot_run, read_run_info, save_outcome, trainer_classes, warmup
 from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
 
-__all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge", "RUN_INFO"]
+__all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge"]
 
 TASKS = {"auto", "classification", "regression", *GLUE_TASKS}
 
@@ -255,12 +255,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     saved = None
     if trainer.is_world_process_zero():
-        if fourier:
-            save_adapter(model, run_dir / "best-adapter", info)
-            tokenizer.save_pretrained(run_dir / "best-adapter")
-            saved = (run_dir / "best-adapter" / "adapter_model.safetensors").stat().st_size
-        else:
-            saved = save_trained(model, run_dir / "trained", cfg.method)
+        saved = save_outcome(model, run_dir / "best-adapter", info, cfg.method, tokenizer)
         summary = {"eval": metrics, "eval_before": before, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable, "saved_bytes": saved}
         (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_run(run_dir)
@@ -269,11 +264,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
 
 # ---------------------------------------------------------------- using a saved adapter
 def load_for_inference(adapter: str, model_name: str | None = None):
-    info_path = Path(adapter) / RUN_INFO
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    model_name = model_name or info.get("model")
-    if not model_name:
-        raise DataError(f"{adapter} has no {RUN_INFO}; pass --model <base model> too")
+    info, model_name = read_run_info(adapter, model_name)
     space = LabelSpace(info.get("labels")) if "labels" in info else None
     if space is None:
         raise DataError(f"{adapter}: unknown label space; it was not written by `fourierft train`")
