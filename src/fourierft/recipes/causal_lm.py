@@ -22,9 +22,9 @@ from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, para
 from fourierft.inject import default_target_modules
 
 from .baselines import prepare_baseline
-from .config import save_config
+from .config import RunSettings
 from .data import DataError
-from .engine import mixed_precision, plot_run, read_run_info, save_outcome, trainer_classes, warmup
+from .engine import mixed_precision, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
 
 __all__ = ["LMConfig", "LM_PRESETS", "read_e2e", "read_instructions", "build_prompt", "encode_pair", "train", "generate"]
 
@@ -35,7 +35,7 @@ ALPACA = (
 
 
 @dataclasses.dataclass
-class LMConfig:
+class LMConfig(RunSettings):
     """A causal-LM run: task "e2e" (CSV with mr,ref) or "instruction" (JSON / JSONL instruction, input, output)."""
 
     model: str = ""
@@ -45,9 +45,6 @@ class LMConfig:
     train_file: str | None = None
     eval_file: str | None = None
     output_dir: str = "runs/causal-lm"
-    method: str = "fourierft"
-    """fourierft, or a comparison: lora (PEFT, same targets, rank lora_rank) or full."""
-    lora_rank: int = 8
     n_frequency: int = 1000
     scaling: float = 300.0
     target_modules: list[str] | None = None
@@ -62,20 +59,10 @@ class LMConfig:
     batch_size: int = 8
     eval_batch_size: int = 8
     max_length: int = 256
-    grad_accum: int = 1
     label_smoothing: float = 0.0
-    mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
-    seed: int = 42
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    """Eval examples (E2E: distinct meaning representations) used for generation metrics."""
     num_beams: int = 1
     max_new_tokens: int = 64
-    shuffle: bool = True
-    logging_steps: int = 10
-    save_total_limit: int = 2
-    resume: bool = False
 
 
 # The paper's E2E recipe (GPT-2 Medium / Large) and its instruction-tuning scripts (LLaMA).
@@ -209,18 +196,13 @@ def _lm_trainer(base_trainer):
 
 # ---------------------------------------------------------------- train, generate, score
 def train(cfg: LMConfig, quiet: bool = False) -> dict:
-    from transformers import TrainingArguments, set_seed
+    from transformers import TrainingArguments
 
     if not cfg.model:
         raise DataError("no model: give model=<local directory or hub id>")
     if not cfg.train_file:
         raise DataError("no data: give train_file=<E2E CSV or instruction JSON/JSONL> (and eval_file=)")
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = save_config(cfg, run_dir / "config.yaml")
-    if not quiet:
-        print(f"resolved config (saved to {run_dir / 'config.yaml'}):\n{resolved}")
-    set_seed(cfg.seed)
+    run_dir = start_run(cfg, quiet)
     tokenizer, base = load_base(cfg.model, cfg.gguf_file)
     templated = cfg.task == "instruction" and bool(getattr(tokenizer, "chat_template", None))
     train_pairs = _pairs(cfg, cfg.train_file, tokenizer)[: cfg.max_train_samples]

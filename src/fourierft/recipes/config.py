@@ -11,11 +11,32 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "PRESETS", "resolve_config", "coerce", "save_config"]
+__all__ = ["RunSettings", "TrainConfig", "PRESETS", "resolve_config", "coerce", "save_config"]
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class RunSettings:
+    """Settings every recipe shares (same meaning, same default)."""
+
+    method: str = "fourierft"
+    """fourierft, or a comparison: lora (PEFT, same targets, rank lora_rank), head (head only), full."""
+    lora_rank: int = 8
+    grad_accum: int = 1
+    mixed_precision: str = "auto"
+    """auto (bf16 on GPUs that support it), no, bf16 or fp16."""
+    seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    """Evaluation examples used (causal-LM E2E: distinct meaning representations)."""
+    shuffle: bool = True
+    logging_steps: int = 10
+    save_total_limit: int = 2
+    resume: bool = False
+    """Resume from the last checkpoint in output_dir."""
+
+
+@dataclasses.dataclass
+class TrainConfig(RunSettings):
     """Everything a text classification / regression run needs. Defaults train out of the box."""
 
     model: str = ""
@@ -35,9 +56,6 @@ class TrainConfig:
     text_pair_column: str | None = None
     label_column: str = "label"
     output_dir: str = "runs/text-classification"
-    method: str = "fourierft"
-    """fourierft, or a comparison: lora (PEFT, same targets, rank lora_rank), head (head only), full."""
-    lora_rank: int = 8
     # adapter
     n_frequency: int = 1000
     scaling: float = 150.0
@@ -56,18 +74,7 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     max_length: int = 128
-    grad_accum: int = 1
-    mixed_precision: str = "auto"
-    """auto (bf16 on GPUs that support it), no, bf16 or fp16."""
     gradient_checkpointing: bool = False
-    seed: int = 42
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    shuffle: bool = True
-    logging_steps: int = 10
-    save_total_limit: int = 2
-    resume: bool = False
-    """Resume from the last checkpoint in output_dir."""
     eval_before: bool = False
     """Also evaluate once before training."""
 

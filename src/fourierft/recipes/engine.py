@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUN_INFO", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "warmup", "mixed_precision", "plot_run"]
+__all__ = ["RUN_INFO", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
 
 RUN_INFO = "run_info.json"
 
@@ -72,6 +72,21 @@ def trainer_classes():
 def save_adapter(model, directory: Path, info: dict) -> None:
     model.save_pretrained(directory)
     (directory / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def start_run(cfg, quiet: bool) -> Path:
+    """Create the run directory, save the resolved config there, print it (rank 0 only), seed everything."""
+    from transformers import set_seed
+
+    from .config import save_config
+
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = save_config(cfg, run_dir / "config.yaml")
+    if not quiet and int(os.environ.get("RANK", "0")) == 0:
+        print(f"resolved config (saved to {run_dir / 'config.yaml'}):\n{resolved}")
+    set_seed(cfg.seed)
+    return run_dir
 
 
 def save_outcome(model, directory: Path, info: dict, method: str, tokenizer=None) -> int:

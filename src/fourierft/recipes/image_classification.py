@@ -20,9 +20,9 @@ from fourierft import FourierFTConfig, get_fourierft_model, param_groups
 from fourierft.inject import default_target_modules
 
 from .baselines import prepare_baseline
-from .config import save_config
+from .config import RunSettings
 from .data import DataError
-from .engine import mixed_precision, plot_run, read_run_info, save_outcome, trainer_classes, warmup
+from .engine import mixed_precision, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
 
 __all__ = ["ImageConfig", "IMAGE_PRESETS", "ImageSet", "read_image_folder", "read_arrays", "train"]
 
@@ -30,7 +30,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 @dataclasses.dataclass
-class ImageConfig:
+class ImageConfig(RunSettings):
     model: str = ""
     """A Transformers image-classification model (directory or hub id), or "module:function" returning an
     nn.Module that maps (B, C, H, W) images to logits, called with num_classes=<classes>."""
@@ -38,9 +38,6 @@ class ImageConfig:
     """An image folder (one sub-folder per class) or a .npz file with arrays images (N, H, W[, C]) and labels (N,)."""
     eval_data: str | None = None
     output_dir: str = "runs/image-classification"
-    method: str = "fourierft"
-    """fourierft, or a comparison: lora (PEFT, same targets, rank lora_rank), head (head only), full."""
-    lora_rank: int = 8
     image_size: int = 224
     channels: int = 3
     mean: list[float] | None = None
@@ -64,15 +61,6 @@ class ImageConfig:
     epochs: float = 10.0
     batch_size: int = 32
     eval_batch_size: int = 64
-    grad_accum: int = 1
-    mixed_precision: str = "auto"
-    seed: int = 42
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    shuffle: bool = True
-    logging_steps: int = 10
-    save_total_limit: int = 2
-    resume: bool = False
 
 
 # ViT-base (in21k) recipes of the paper: n = 3000, scaling 300, 10 epochs, effective batch 200.
@@ -195,16 +183,11 @@ def _image_trainer(base_trainer):
 
 def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     import numpy as np
-    from transformers import TrainingArguments, set_seed
+    from transformers import TrainingArguments
 
     if not cfg.model or not cfg.train_data or not cfg.eval_data:
         raise DataError("give model=, train_data= and eval_data= (image folders or .npz arrays)")
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = save_config(cfg, run_dir / "config.yaml")
-    if not quiet:
-        print(f"resolved config (saved to {run_dir / 'config.yaml'}):\n{resolved}")
-    set_seed(cfg.seed)
+    run_dir = start_run(cfg, quiet)
     train_set, eval_set = read_images(cfg.train_data, cfg), read_images(cfg.eval_data, cfg)
     classes = train_set.classes
     model, _, (mean, std) = load_model(cfg, len(classes))

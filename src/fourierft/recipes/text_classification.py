@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -20,8 +19,8 @@ from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, para
 from fourierft.inject import default_target_modules
 
 from .baselines import prepare_baseline
-from .config import TrainConfig, save_config
-from .engine import mixed_precision, plot_run, read_run_info, save_outcome, trainer_classes, warmup
+from .config import TrainConfig
+from .engine import mixed_precision, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
 from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
 
 __all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge"]
@@ -184,16 +183,11 @@ def best_metric(space: LabelSpace, task: str) -> str:
 # ---------------------------------------------------------------- trainer
 def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     """Run one training job; returns the final evaluation metrics and paths."""
-    from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
+    from transformers import DataCollatorWithPadding, TrainingArguments
 
     if not cfg.model:
         raise DataError("no model: give model=<local directory or hub id>")
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = save_config(cfg, run_dir / "config.yaml")
-    if not quiet and int(os.environ.get("RANK", "0")) == 0:
-        print(f"resolved config (saved to {run_dir / 'config.yaml'}):\n{resolved}")
-    set_seed(cfg.seed)
+    run_dir = start_run(cfg, quiet)
     train_ex, eval_ex, task = load_splits(cfg)
     train_ex, eval_ex = train_ex.take(cfg.max_train_samples), eval_ex.take(cfg.max_eval_samples)
     space = LabelSpace.infer(task, train_ex)
