@@ -30,6 +30,8 @@ SHAPES = {
     "minilm": dict(kind="bert", hidden=384, layers=6, heads=12, inter=1536, vocab=30522),
     "roberta-base": dict(kind="bert", hidden=768, layers=12, heads=12, inter=3072, vocab=50265),
     "llama-3b": dict(kind="llama", hidden=3072, layers=8, heads=24, kv_heads=8, inter=8192, vocab=128256),
+    "llama-3b-full": dict(kind="llama", hidden=3072, layers=28, heads=24, kv_heads=8, inter=8192, vocab=128256, tie=True),  # Llama-3.2-3B
+    "llama-8b-slice": dict(kind="llama", hidden=4096, layers=4, heads=32, kv_heads=8, inter=14336, vocab=128256),  # Llama-3.1-8B, 4 of 32 layers
     "tiny": dict(kind="bert", hidden=64, layers=2, heads=4, inter=128, vocab=1000),
 }
 TARGETS = {
@@ -48,8 +50,9 @@ def build_base(shape: str, dtype, device):
         cfg = BertConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"], intermediate_size=s["inter"], vocab_size=s["vocab"], num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model = BertForSequenceClassification(cfg)
     else:
-        cfg = LlamaConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"], intermediate_size=s["inter"], vocab_size=s["vocab"], max_position_embeddings=4096)
-        model = LlamaForCausalLM(cfg)
+        cfg = LlamaConfig(hidden_size=s["hidden"], num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"], intermediate_size=s["inter"], vocab_size=s["vocab"], max_position_embeddings=4096, tie_word_embeddings=s.get("tie", False))
+        with torch.device(device):  # initialise on the device: fast for billion-parameter shapes
+            model = LlamaForCausalLM(cfg)
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -185,6 +188,7 @@ def main(argv=None):
     p.add_argument("--inference", action="store_true", help="time no-grad forwards instead of training steps")
     p.add_argument("--no-rss", action="store_true", help="skip the per-case subprocess memory runs (CPU)")
     p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--cases", nargs="+", default=None, metavar="NAME", help="keep only these cases (e.g. frozen lora-qv ours-auto-qv)")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)
     p.add_argument("--table", default=None, metavar="JSON", help="print the table of a saved result and exit")
     args = p.parse_args(argv)
@@ -202,6 +206,8 @@ def main(argv=None):
     cases = [args.only] if args.only else case_list(args.targets, args.modes, args.inference)
     if args.inference:
         cases = [c for c in cases if c == "frozen" or not c.startswith("ours") or c.startswith("ours-auto")]
+    if args.cases:
+        cases = [c for c in cases if c in args.cases]
     models, step_fns = {}, {}
     baseline = _rss_mib()
     for c in cases:
@@ -222,12 +228,13 @@ def main(argv=None):
         return
     peaks = {}
     if args.device.startswith("cuda"):
-        for c in cases:  # one case at a time for a clean per-case peak
+        for c in cases:  # one case at a time: peak above what is resident (all models, optimizer state)
             torch.cuda.empty_cache()
+            resident = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             step_fns[c]()
             sync(args.device)
-            peaks[c] = torch.cuda.max_memory_allocated() / 2**20
+            peaks[c] = (torch.cuda.max_memory_allocated() - resident) / 2**20
     elif not args.no_rss:
         del models, step_fns
         peaks = {c: measure_one_rss(args, c) for c in cases}
@@ -248,12 +255,13 @@ def report(args, cases, ms, peaks):
 def print_table(args, cases, ms, peaks, device_name, torch_version):
     what = "no-grad forward" if args.inference else "training step"
     print(f"\n{args.shape}, {args.dtype}, batch {args.batch} x {args.seq}, {what}, {args.rounds} rounds (median), device {args.device} ({device_name}), torch {torch_version}\n")
-    memory = "peak MiB (GPU allocated)" if args.device.startswith("cuda") else "peak RSS MiB over base"
-    print(f"| case | ms | vs LoRA | vs PEFT FourierFT | vs merged | {memory} |")
-    print("|---|---|---|---|---|---|")
+    memory = "peak MiB above resident (GPU)" if args.device.startswith("cuda") else "peak RSS MiB over base"
+    tokens = args.batch * args.seq
+    print(f"| case | ms | tokens/s | vs LoRA | vs PEFT FourierFT | vs merged | {memory} |")
+    print("|---|---|---|---|---|---|---|")
     for c in cases:
         t = c.rsplit("-", 1)[-1]
-        print(f"| {c} | {ms[c]:.1f} | {_ratio(ms, c, f'lora-{t}')} | {_ratio(ms, c, f'peft-fourierft-{t}')} | {_ratio(ms, c, f'merged-{t}')} | {peaks.get(c, float('nan')):.0f} |")
+        print(f"| {c} | {ms[c]:.1f} | {tokens / ms[c] * 1e3:,.0f} | {_ratio(ms, c, f'lora-{t}')} | {_ratio(ms, c, f'peft-fourierft-{t}')} | {_ratio(ms, c, f'merged-{t}')} | {peaks.get(c, float('nan')):.0f} |")
 
 
 def save_json(args, ms, peaks, device_name):

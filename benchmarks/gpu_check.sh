@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# One short GPU run (for the device tool): the CUDA tests, then the Llama-3B-shaped benchmark in bf16
-# (training step and prefill), results under $OUT. Run from the repository root with PYTHONPATH=src.
+# One GPU run (for the device tool, about 5 minutes on an H200): the CUDA tests, then the
+# Llama-shaped benchmarks (bf16 training and inference, fp16 and fp32 training, the full
+# Llama-3.2-3B shape, a Llama-3.1-8B slice) and a profile; tables and logs under $OUT.
+# Run from the repository root: OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 set -u
-export PYTHONPATH=src
+export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/fourierft-gpu}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-python -m pytest -q -m cuda tests/test_cuda.py 2>&1 | tail -5 | tee "$OUT/cuda-tests.txt"
-common="--shape llama-3b --device cuda --dtype bf16 --batch 4 --seq 768 --rounds 5 --warmup 2"
-python benchmarks/bench_train.py $common --modes auto separate fft --json "$OUT/llama3b-train.json" 2>&1 | grep -v -i warn | tee "$OUT/llama3b-train.md"
-python benchmarks/bench_train.py $common --inference --json "$OUT/llama3b-infer.json" 2>&1 | grep -v -i warn | tee "$OUT/llama3b-infer.md"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python -c "import torch, transformers, peft, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'triton', triton.__version__)"; } 2>&1 | tee "$OUT/env.txt"
+python -m pytest -q -s -m cuda tests/test_cuda.py -p no:cacheprovider 2>&1 | grep -v -i warn > "$OUT/cuda-tests.txt"; tail -4 "$OUT/cuda-tests.txt"; grep -E "error / output|bf16 losses|FAILED|Error" "$OUT/cuda-tests.txt" | head -20
+bench() { name=$1; shift; python benchmarks/bench_train.py --device cuda "$@" --json "$OUT/$name.json" 2>&1 | grep -v -i warn > "$OUT/$name.md"; grep -E "^\||^[a-z].*batch" "$OUT/$name.md"; }
+qvall="frozen lora-qv peft-fourierft-qv ours-auto-qv lora-all peft-fourierft-all ours-auto-all"
+bench llama3b-bf16-train --shape llama-3b --dtype bf16 --batch 4 --seq 768 --rounds 10 --warmup 3 --cases $qvall
+bench llama3b-bf16-infer --shape llama-3b --dtype bf16 --batch 4 --seq 768 --rounds 10 --warmup 3 --inference --cases frozen lora-qv ours-auto-qv merged-qv lora-all ours-auto-all merged-all
+bench llama3b-fp16-train --shape llama-3b --dtype fp16 --batch 4 --seq 768 --rounds 6 --warmup 2 --cases frozen lora-qv ours-auto-qv lora-all ours-auto-all
+bench llama3b-fp32-train --shape llama-3b --dtype fp32 --batch 4 --seq 768 --rounds 5 --warmup 2 --cases frozen lora-qv ours-auto-qv ours-fft-qv lora-all ours-auto-all ours-fft-all
+bench llama3b-full-bf16-train --shape llama-3b-full --dtype bf16 --batch 4 --seq 768 --rounds 5 --warmup 2 --cases frozen lora-qv peft-fourierft-qv ours-auto-qv lora-all ours-auto-all
+bench llama8b-slice-bf16-train --shape llama-8b-slice --dtype bf16 --batch 4 --seq 1024 --rounds 6 --warmup 2 --cases frozen lora-qv ours-auto-qv lora-all ours-auto-all
+python benchmarks/profile_step.py --shape llama-3b --case ours-auto-all lora-all > "$OUT/profile.txt" 2>&1; grep -E "^## " "$OUT/profile.txt"

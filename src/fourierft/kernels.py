@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .functional import delta_weight
+from .spectral import SpectralIndex, apply_map, build_index, sampled_grad
 
 __all__ = [
     "Block",
@@ -225,46 +226,88 @@ def apply_effective(x, weight, bias, w_eff, merged):
     return F.linear(x, w_eff, bias) if merged else _separate(x, weight, bias, w_eff)
 
 
-def _spectral_apply(v, src, dst, coeffs, dst_size, norm):
-    """Rows of v (T, size) through the sampled spectrum without forming it: (T, dst_size).
+_MM_OUT_DTYPE = None  # whether torch.addmm(..., out_dtype=float32) runs here (CUDA, recent torch)
 
-    Forward (y = x dW^T): src = cols, dst = rows, norm = d_in. Transposed (g dW): src = rows,
-    dst = cols, norm = m. Z[t, d] = sum_{l: dst_l = d} c_l conj(V[t, src_l]); out = Re(ifft(Z)) / norm.
+
+def _plus_base_f32(term, x2, weight_t, out_dtype):
+    """(x2 @ weight_t + term) rounded once to ``out_dtype``: x2 (T, a), weight_t (a, b), term (T, b) in float32/64.
+
+    In float32/64 this is one addmm. Below float32 the product is accumulated and kept in float32
+    (CUDA: a GEMM with a float32 output; elsewhere a float32 GEMM), so the adapter term is added
+    before the only rounding of the output.
     """
-    spectrum = torch.fft.fft(v, dim=-1)  # (T, size)
-    z = spectrum.new_zeros(v.shape[0], dst_size).index_add_(1, dst, spectrum[:, src].conj() * coeffs)
-    return torch.fft.ifft(z, dim=-1).real / norm
+    global _MM_OUT_DTYPE
+    if x2.dtype == term.dtype:
+        return torch.addmm(term, x2, weight_t.to(x2.dtype))
+    weight_t = weight_t.to(x2.dtype)
+    if x2.device.type == "cuda" and _MM_OUT_DTYPE is not False:
+        try:
+            y = torch.addmm(term, x2, weight_t, out_dtype=term.dtype)
+            _MM_OUT_DTYPE = True
+            return y.to(out_dtype)
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_OUT_DTYPE = False
+    return torch.addmm(term, x2.to(term.dtype), weight_t.to(term.dtype)).to(out_dtype)
+
+
+def _half_spectrum(t2: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+    """rfft of rows of t2 (T, size) as a real view (T, 2 * (size // 2 + 1))."""
+    return torch.view_as_real(torch.fft.rfft(t2.to(compute), dim=-1)).flatten(1)
+
+
+def _irfft_rows(h: torch.Tensor, size: int) -> torch.Tensor:
+    """irfft along rows of a real-view half spectrum h (T, 2 * (size // 2 + 1)): (T, size)."""
+    return torch.fft.irfft(torch.view_as_complex(h.view(h.shape[0], -1, 2)), n=size, dim=-1)
+
+
+def spectral_term(xv: torch.Tensor, coeffs: torch.Tensor, index: SpectralIndex) -> torch.Tensor:
+    """x dW^T (T, d_out) from x's half spectrum xv (``spectral`` module docstring)."""
+    if index.full:
+        r = index.ranges[0]
+        return _irfft_rows(apply_map(xv, r.forward, coeffs), index.d_out)
+    out = xv.new_zeros(xv.shape[0], index.d_out)
+    for r in index.ranges:
+        out[:, r.start : r.stop] += _irfft_rows(apply_map(xv, r.forward, coeffs), r.stop - r.start)
+    return out
+
+
+def spectral_term_t(gvs: list[torch.Tensor], coeffs: torch.Tensor, index: SpectralIndex) -> torch.Tensor:
+    """g dW (T, d_in) from the half spectra of g's row ranges: the maps add up before one irfft."""
+    h = None
+    for gv, r in zip(gvs, index.ranges):
+        part = apply_map(gv, r.transpose, coeffs)
+        h = part if h is None else h.add_(part)
+    return _irfft_rows(h, index.d_in)
 
 
 def plan_apply_fft(x2, coeffs, plan, d_out, d_in, transpose=False):
     """x2 dW^T (T, d_out), or with ``transpose`` g2 dW (T, d_in), from row FFTs only: O(T d log d + T n)."""
     compute = _compute_dtype(x2, coeffs)
+    index = build_index(plan, d_out, d_in, coeffs.numel(), x2.device)
     coeffs = coeffs.to(compute)
-    out = x2.new_zeros(x2.shape[0], d_in if transpose else d_out, dtype=compute)
-    for (start, stop), blocks in _by_range(plan).items():
-        m = stop - start
-        for b in blocks:
-            c = coeffs[b.offset : b.offset + b.n]
-            if transpose:
-                out += _spectral_apply(x2[:, start:stop].to(compute), b.rows, b.cols, c, d_in, m)
-            else:
-                out[:, start:stop] += _spectral_apply(x2.to(compute), b.cols, b.rows, c, m, d_in)
-    return out
+    if transpose:
+        return spectral_term_t([_half_spectrum(x2[:, r.start : r.stop], compute) for r in index.ranges], coeffs, index)
+    return spectral_term(_half_spectrum(x2, compute), coeffs, index)
 
 
 class _FourierLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, coeffs, plan, mode):
+    def forward(ctx, x, weight, bias, coeffs, plan, mode, index):
         # x (..., d_in), weight (d_out, d_in), coeffs (n_total,) already scaled
         d_out, d_in = weight.shape
-        w_eff = None
+        ctx.plan, ctx.mode, ctx.index, ctx.has_bias = plan, mode, index, bias is not None
         if mode == "fft":
-            term = plan_apply_fft(x.reshape(-1, d_in), coeffs, plan, d_out, d_in).to(x.dtype)
-            y = _plus_base(term if bias is None else term + bias.to(x.dtype), x, weight)
-        else:
-            w_eff = effective_weight(weight, plan_delta_weight(coeffs, plan, d_out, d_in), mode == "merged", x.dtype)
-            y = apply_effective(x, weight, bias, w_eff, mode == "merged")
-        ctx.plan, ctx.mode, ctx.has_bias = plan, mode, bias is not None
+            compute = _compute_dtype(x, coeffs)
+            x2 = x.reshape(-1, d_in)
+            xv = _half_spectrum(x2, compute)
+            term = spectral_term(xv, coeffs.to(compute), index)  # (T, d_out)
+            if bias is not None:
+                term = term.add_(bias.to(compute))
+            y = _plus_base_f32(term, x2, weight.t(), x.dtype).reshape(*x.shape[:-1], d_out)
+            ctx.save_for_backward(x, weight, coeffs)
+            return y
+        w_eff = effective_weight(weight, plan_delta_weight(coeffs, plan, d_out, d_in), mode == "merged", x.dtype)
+        y = apply_effective(x, weight, bias, w_eff, mode == "merged")
         # CPU: keep W_eff for grad_x (no rebuild). GPU: rebuild it, keeping peak memory at the base model's.
         ctx.save_for_backward(x, weight, coeffs, w_eff if x.device.type == "cpu" else None)
         return y
@@ -272,25 +315,43 @@ class _FourierLinear(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
+        if ctx.mode == "fft":
+            return _FourierLinear._backward_fft(ctx, grad_out)
         x, weight, coeffs, w_eff = ctx.saved_tensors
         d_out, d_in = weight.shape
         g = grad_out.reshape(-1, d_out)  # (T, d_out)
         grad_x = grad_bias = grad_coeffs = None
         if ctx.needs_input_grad[0]:
-            if ctx.mode == "fft":
-                term = plan_apply_fft(g, coeffs, ctx.plan, d_out, d_in, transpose=True).to(grad_out.dtype)
-                grad_x = _plus_base(term, grad_out, weight.t())
-            else:
-                if w_eff is None:
-                    w_eff = effective_weight(weight, plan_delta_weight(coeffs, ctx.plan, d_out, d_in), ctx.mode == "merged", x.dtype)
-                w_eff = w_eff.to(grad_out.dtype)
-                grad_x = grad_out @ w_eff if ctx.mode == "merged" else _separate(grad_out, weight.t(), None, w_eff.t())
+            if w_eff is None:
+                w_eff = effective_weight(weight, plan_delta_weight(coeffs, ctx.plan, d_out, d_in), ctx.mode == "merged", x.dtype)
+            w_eff = w_eff.to(grad_out.dtype)
+            grad_x = grad_out @ w_eff if ctx.mode == "merged" else _separate(grad_out, weight.t(), None, w_eff.t())
             grad_x = grad_x.to(x.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)
         if ctx.needs_input_grad[3]:
             grad_coeffs = plan_coeff_grad(g, x, ctx.plan, coeffs.numel()).to(coeffs.dtype)
-        return grad_x, None, grad_bias, grad_coeffs, None, None
+        return grad_x, None, grad_bias, grad_coeffs, None, None, None
+
+    @staticmethod
+    def _backward_fft(ctx, grad_out):
+        x, weight, coeffs = ctx.saved_tensors
+        index = ctx.index
+        d_out, d_in = weight.shape
+        compute = _compute_dtype(x, coeffs, grad_out)
+        g2 = grad_out.reshape(-1, d_out)  # (T, d_out)
+        gvs = [_half_spectrum(g2 if index.full else g2[:, r.start : r.stop], compute) for r in index.ranges]
+        c = coeffs.to(compute)
+        grad_x = grad_bias = grad_coeffs = None
+        if ctx.needs_input_grad[0]:
+            term = spectral_term_t(gvs, c, index)  # (T, d_in)
+            grad_x = _plus_base_f32(term, g2, weight, x.dtype).reshape(x.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = g2.sum(0)
+        if ctx.needs_input_grad[3]:
+            xv = _half_spectrum(x.reshape(-1, d_in), compute)  # recomputed: keeping it would cost memory
+            grad_coeffs = sum(sampled_grad(gv, xv, r, index.n_coeffs) for gv, r in zip(gvs, index.ranges)).to(coeffs.dtype)
+        return grad_x, None, grad_bias, grad_coeffs, None, None, None
 
 
 def needs_separate_term(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -308,7 +369,18 @@ def resolve_mode(mode: str, x: torch.Tensor, weight: torch.Tensor) -> str:
         return mode
     if weight.requires_grad:
         return "reference"
-    return "separate" if needs_separate_term(x, weight) else "merged"
+    if not needs_separate_term(x, weight):
+        return "merged"
+    return "fft" if x.device.type == "cuda" else "separate"
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The lower-precision dtype autocast would run a linear layer in here, or None."""
+    device = x.device.type
+    if device not in ("cuda", "cpu") or not torch.is_autocast_enabled(device):
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    return None if dtype in (torch.float32, torch.float64) else dtype
 
 
 def _reference(x, weight, bias, coeffs, plan):
@@ -329,15 +401,26 @@ def fourier_linear(
     coeffs: torch.Tensor,
     plan: tuple[Block, ...],
     mode: str = "auto",
+    index: SpectralIndex | None = None,
 ) -> torch.Tensor:
     """y = x (W + dW)^T + b, x (..., d_in) -> (..., d_out). ``weight`` is (d_out, d_in) (a view is fine).
 
     ``mode``: "merged" (one matmul; exact in fp32/fp64 only), "separate" (the adapter term as its
     own matmul; for bf16/fp16), "fft" (dW never formed: row FFTs of x forward and of g backward,
     O(T d log d + T n)), "reference" (autograd through ``functional.delta_weight``), or "auto"
-    (merged when x and W are fp32/fp64, else separate; reference when W needs a gradient).
+    (merged when x and W are fp32/fp64; below that fft on CUDA and separate elsewhere; reference
+    when W needs a gradient). Under autocast the layer runs in autocast's dtype, as ``F.linear`` would,
+    with the adapter term still added before the output's single rounding.
     """
     mode = resolve_mode(mode, x, weight)
+    low = _autocast_dtype(x) if mode != "reference" else None
+    if low is not None:
+        x, weight = x.to(low), weight.to(low)
+        bias = None if bias is None else bias.to(low)
+        with torch.autocast(x.device.type, enabled=False):
+            return fourier_linear(x, weight, bias, coeffs, plan, mode, index)
     if mode == "reference":
         return _reference(x, weight, bias, coeffs, plan)
-    return _FourierLinear.apply(x, weight, bias, coeffs, plan, mode)
+    if mode == "fft" and index is None:
+        index = build_index(plan, weight.shape[0], weight.shape[1], coeffs.numel(), x.device)
+    return _FourierLinear.apply(x, weight, bias, coeffs, plan, mode, index)

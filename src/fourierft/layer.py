@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
+import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from torch.func import functional_call
 
 from .functional import delta_rows, spectral_positions
 from .kernels import MODES, Block, apply_effective, effective_weight, fourier_linear, needs_separate_term, plan_delta_weight, resolve_mode
+from .spectral import SpectralIndex, build_index
 
 __all__ = [
     "BASE_ADAPTER",
@@ -41,14 +43,32 @@ _ROW_ADAPTERS: ContextVar[tuple[str, ...] | None] = ContextVar("fourierft_row_ad
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
+_OPEN_ROW_CONTEXTS = [0]  # per_example_adapters blocks open in any thread; compiled code guards on it
+_LOCK = threading.Lock()
+
+
 @contextmanager
 def per_example_adapters(names):
     """Within the block, row i of every batch uses adapter names[i] (BASE_ADAPTER: none)."""
     token = _ROW_ADAPTERS.set(tuple(names))
+    with _LOCK:
+        _OPEN_ROW_CONTEXTS[0] += 1
     try:
         yield
     finally:
+        with _LOCK:
+            _OPEN_ROW_CONTEXTS[0] -= 1
         _ROW_ADAPTERS.reset(token)
+
+
+def _row_names():
+    """The per-example adapter names in effect, or None. torch.compile cannot read a ContextVar, so
+    compiled code runs without per-example selection and refuses to trace while one is open."""
+    if torch.compiler.is_compiling():
+        if _OPEN_ROW_CONTEXTS[0]:
+            raise RuntimeError("per-example adapter selection (adapter_names=...) is not supported under torch.compile; call the model without compiling it")
+        return None
+    return _ROW_ADAPTERS.get()
 
 
 def check_adapter_name(name: str) -> str:
@@ -188,7 +208,7 @@ class FourierFTLayer(nn.Module):
             if self.merged_adapters:
                 raise RuntimeError("adapters are merged into this layer's weight; unmerge them before disabling")
             return self.base_layer(x, *args, **kwargs)
-        row_names = _ROW_ADAPTERS.get()
+        row_names = _row_names()
         if row_names is not None:
             return self._forward_per_example(x, row_names, *args, **kwargs)
         todo = [a for a in self.active_adapters if a not in self.merged_adapters]
@@ -221,6 +241,7 @@ class FourierFTLinear(FourierFTLayer):
 
     def __init__(self, base_layer):
         self.transposed = _is_conv1d(base_layer)
+        self._index_cache = None
         super().__init__(base_layer)
         self._inference_cache = None
 
@@ -228,13 +249,45 @@ class FourierFTLinear(FourierFTLayer):
         w = self.base_layer.weight
         return w.t() if self.transposed else w
 
+    def spectral_index(self, names, device) -> SpectralIndex:
+        """The fft path's index maps for this adapter set on ``device``, built once per set.
+
+        Keyed on the adapters' specs (positions are a function of the spec) and the device; built
+        when an adapter is added and again when the layer moves (``_apply``), so that a compiled
+        forward only reads it.
+        """
+        key = (tuple(names), device, tuple(id(self.specs[n]) for n in names))
+        cached = self._index_cache
+        if cached is None or cached[0] != key:
+            coeffs, plan = self.coeffs_and_plan(names)
+            cached = self._index_cache = (key, build_index(plan, self.d_out, self.d_in, coeffs.numel(), device))
+        return cached[1]
+
+    def add_adapter(self, name, *args, **kwargs):
+        super().add_adapter(name, *args, **kwargs)
+        self._index_cache = None
+        self.spectral_index([name], self.weight_matrix().device)
+
+    def delete_adapter(self, name):
+        super().delete_adapter(name)
+        self._index_cache = None  # a new spec could reuse the deleted one's id
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        if self._index_cache is not None:  # follow the weights to their new device
+            self._index_cache = None
+            if self.active_adapters:
+                self.spectral_index(self.active_adapters, self.weight_matrix().device)
+        return out
+
     def _forward_with(self, x, names):
         weight, bias = self.weight_matrix(), self.base_layer.bias
         mode = resolve_mode(self.mode, x, weight)
         if torch.is_grad_enabled() or mode in ("reference", "fft"):
             self._inference_cache = None
             coeffs, plan = self.coeffs_and_plan(names)
-            return fourier_linear(x, weight, bias, coeffs, plan, mode)
+            index = self.spectral_index(names, x.device) if mode == "fft" else None
+            return fourier_linear(x, weight, bias, coeffs, plan, mode, index)
         # Inference: keep W + dW (or dW) until the coefficients, the weight or the dtype change.
         merged = mode == "merged"
         key = (merged, x.dtype, weight._version, weight.data_ptr()) + tuple(
@@ -329,7 +382,7 @@ class ModulesToSave(nn.Module):
         self.active_adapter = next((n for n in names if n in self.modules_to_save), None)
 
     def forward(self, x, *args, **kwargs):
-        row_names = _ROW_ADAPTERS.get()
+        row_names = _row_names()
         if row_names is not None and not self.disabled:
             out = None
             for name, idx in _row_groups(row_names, x.shape[0], x.device):

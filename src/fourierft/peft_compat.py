@@ -15,7 +15,8 @@ import types
 import torch
 from torch import nn
 
-from .kernels import Block, fourier_linear
+from .kernels import Block, fourier_linear, resolve_mode
+from .spectral import build_index
 
 __all__ = ["accelerate_peft"]
 
@@ -49,7 +50,16 @@ def _fast_forward(self, x, *args, **kwargs):
         coeffs.append(spectrum.float() * self.fourierft_scaling[name])
         plan.append(Block(0, weight.shape[0], indices[0], indices[1], offset))
         offset += spectrum.numel()
-    y = fourier_linear(x, weight, base.bias, torch.cat(coeffs), tuple(plan), mode=self._fourierft_mode)
+    coeffs, plan = torch.cat(coeffs), tuple(plan)
+    mode = resolve_mode(self._fourierft_mode, x, weight)
+    index = None
+    if mode == "fft":  # the index maps, built once per adapter set and device
+        key = (tuple(active), x.device) + tuple((id(b.rows), b.rows._version) for b in plan)
+        cached = self.__dict__.get("_fourierft_spectral_index")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_fourierft_spectral_index"] = (key, build_index(plan, weight.shape[0], weight.shape[1], coeffs.numel(), x.device))
+        index = cached[1]
+    y = fourier_linear(x, weight, base.bias, coeffs, plan, mode, index)
     return y.to(x.dtype)
 
 
