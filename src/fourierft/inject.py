@@ -7,7 +7,7 @@ of the module name (``(.*\\.)?key$``); the first matching key wins.
 
 from __future__ import annotations
 
-import re
+import regex
 from collections.abc import Iterator
 
 from torch import nn
@@ -45,27 +45,47 @@ def default_target_modules(model: nn.Module) -> list[str]:
     return _DEFAULT_TARGETS[model_type]
 
 
+REGEX_TIMEOUT_S = 0.25  # per match: patterns may come from adapter files
+
+
+def regex_match(pattern: str, name: str, full: bool = False):
+    """``re.match`` / ``re.fullmatch`` with a time bound (the ``regex`` engine), for patterns that may
+    come from files: a pattern with nested quantifiers is refused instead of hanging."""
+    try:
+        return (regex.fullmatch if full else regex.match)(pattern, name, timeout=REGEX_TIMEOUT_S)
+    except regex.error as err:
+        raise ValueError(f"invalid regular expression {pattern!r} in the adapter config: {err}") from None
+    except TimeoutError:
+        raise ValueError(
+            f"regular expression {pattern!r} took over {REGEX_TIMEOUT_S} s to match the module name {name!r} "
+            "(nested quantifiers?); simplify it"
+        ) from None
+
+
 def _name_matches(name: str, spec) -> bool:
     if isinstance(spec, str):
-        return re.fullmatch(spec, name) is not None
+        return regex_match(spec, name, full=True) is not None
     return any(name == s or name.endswith("." + s) for s in spec)
 
 
 def _layer_index_ok(name: str, config: FourierFTConfig) -> bool:
+    """PEFT's rule: the first numbered path segment (after ``layers_pattern`` when given) is the layer index."""
     if config.layers_to_transform is None:
         return True
     wanted = [config.layers_to_transform] if isinstance(config.layers_to_transform, int) else config.layers_to_transform
-    patterns = [config.layers_pattern] if isinstance(config.layers_pattern, str) else (config.layers_pattern or [r"[^.]*"])
-    for pattern in patterns:
-        match = re.match(rf"(?:.*\.)?(?:{pattern})\.(\d+)\.", name)
-        if match:
-            return int(match.group(1)) in wanted
-    return False
+    if not config.layers_pattern:
+        match = regex_match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+    else:
+        patterns = [config.layers_pattern] if isinstance(config.layers_pattern, str) else config.layers_pattern
+        match = next((m for m in (regex_match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", name) for p in patterns) if m), None)
+    return match is not None and int(match.group("idx")) in wanted
 
 
 def pattern_value(patterns: dict, name: str, default):
+    """The value of the first key that matches ``name`` as PEFT reads n_frequency_pattern: the key is
+    spliced unbracketed into ``(.*[.])?{key}$`` (re.match), so write alternatives as "(query|value)"."""
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", name):
+        if regex_match(rf"(.*\.)?{key}$", name):
             return value
     return default
 
@@ -230,7 +250,9 @@ def set_trainable(model: nn.Module, adapter_name: str | None, bias: str) -> None
     for _, wrapper in modules_to_save_wrappers(model):
         if adapter_name in wrapper.modules_to_save:
             wrapper.modules_to_save[adapter_name].requires_grad_(True)
-    if bias == "all":
+    if bias == "all":  # every bias, as PEFT does; not the originals or other adapters' copies of saved modules
         for name, param in model.named_parameters():
-            if name.endswith("bias") and ".original_module." not in name:
+            parts = name.split(".")
+            copy_of = parts[parts.index("modules_to_save") + 1] if "modules_to_save" in parts[:-1] else adapter_name
+            if name.endswith("bias") and copy_of == adapter_name and "original_module" not in parts:
                 param.requires_grad_(True)

@@ -113,6 +113,7 @@ class FourierFTLayer(nn.Module):
         self.specs: dict[str, AdapterSpec] = {}
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
+        self._before_merge: list[torch.Tensor] = []  # weights below float32 as they were before each merge
         self.disabled = False
         self.mode = "auto"  # kernels.fourier_linear mode, for linear layers
         self.d_out, self.d_in = self.weight_matrix().shape
@@ -175,24 +176,36 @@ class FourierFTLayer(nn.Module):
         return plan_delta_weight(coeffs, plan, self.d_out, self.d_in)
 
     # ---- merge ----
+    def _merge_dtype(self) -> torch.dtype:
+        """float64 for float64 weights, else float32: the sum W + dW is formed in this dtype."""
+        return torch.float64 if self.weight_matrix().dtype == torch.float64 else torch.float32
+
+    def _delta_for_merge(self, name) -> torch.Tensor:
+        coeffs, plan = self.coeffs_and_plan([name])
+        return plan_delta_weight(coeffs.to(self._merge_dtype()), plan, self.d_out, self.d_in)
+
     @torch.no_grad()
     def merge(self, names=None, safe_merge=True):
         """Add dW of the named (default: active, unmerged) adapters to the base weight.
 
-        The sum is computed in float32 into a new tensor; with ``safe_merge`` a non-finite result is
-        refused before the base weight is touched.
+        The sum is formed in float32 (float64 for float64 weights) into a new tensor; with
+        ``safe_merge`` a non-finite result is refused before the base weight is touched. Below
+        float32 the weight as it was is kept (on its device) until unmerge, which restores it
+        exactly: subtracting dW again from a rounded sum would not give the base weight back.
         """
         names = [n for n in (self.active_adapters if names is None else names) if n in self.specs and n not in self.merged_adapters]
         for name in names:
             weight = self.weight_matrix()
-            merged = weight.to(torch.float32) + self.delta_weight(name).to(torch.float32)
+            merged = weight.to(self._merge_dtype()) + self._delta_for_merge(name)
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(f"merging adapter {name!r} gives non-finite weights; the adapter seems broken")
+            if weight.dtype not in (torch.float32, torch.float64):
+                self._before_merge.append(weight.detach().clone())
             weight.copy_(merged)
             self.merged_adapters.append(name)
 
     def unmerge(self):
-        """Subtract all merged adapters again (exact up to rounding in the base weight's dtype)."""
+        """Remove all merged adapters: exact below float32 (the kept weight comes back), one rounding otherwise."""
         while self.merged_adapters:
             self.unmerge_last()
 
@@ -200,7 +213,10 @@ class FourierFTLayer(nn.Module):
     def unmerge_last(self):
         name = self.merged_adapters.pop()
         weight = self.weight_matrix()
-        weight.copy_(weight.to(torch.float32) - self.delta_weight(name).to(torch.float32))
+        if self._before_merge:
+            weight.copy_(self._before_merge.pop())
+        else:
+            weight.copy_(weight.to(self._merge_dtype()) - self._delta_for_merge(name))
 
     # ---- forward ----
     def forward(self, x, *args, **kwargs):
@@ -243,7 +259,6 @@ class FourierFTLinear(FourierFTLayer):
         self.transposed = _is_conv1d(base_layer)
         self._index_cache = None
         super().__init__(base_layer)
-        self._inference_cache = None
 
     def weight_matrix(self):
         w = self.base_layer.weight
@@ -283,20 +298,17 @@ class FourierFTLinear(FourierFTLayer):
     def _forward_with(self, x, names):
         weight, bias = self.weight_matrix(), self.base_layer.bias
         mode = resolve_mode(self.mode, x, weight)
-        if torch.is_grad_enabled() or mode in ("reference", "fft"):
-            self._inference_cache = None
-            coeffs, plan = self.coeffs_and_plan(names)
-            index = self.spectral_index(names, x.device) if mode == "fft" else None
-            return fourier_linear(x, weight, bias, coeffs, plan, mode, index)
-        # Inference: keep W + dW (or dW) until the coefficients, the weight or the dtype change.
-        merged = mode == "merged"
-        key = (merged, x.dtype, weight._version, weight.data_ptr()) + tuple(
-            (id(self.specs[n]), id(p), p._version, p.data_ptr()) for n in names for p in [self.fourierft_spectrum[n]]
-        )
-        if self._inference_cache is None or self._inference_cache[0] != key:
-            coeffs, plan = self.coeffs_and_plan(names)
-            self._inference_cache = (key, effective_weight(weight, plan_delta_weight(coeffs, plan, self.d_out, self.d_in), merged, x.dtype))
-        return apply_effective(x, weight, bias, self._inference_cache[1], merged)
+        tokens = x.numel() // max(x.shape[-1], 1)
+        if self.mode == "auto" and mode in ("merged", "separate") and tokens * _FFT_TOKENS_PER_DIM < min(self.d_out, self.d_in):
+            mode = "fft"  # a few tokens (decoding): row FFTs cost less than building dW
+        coeffs, plan = self.coeffs_and_plan(names)
+        index = self.spectral_index(names, x.device) if mode == "fft" else None
+        return fourier_linear(x, weight, bias, coeffs, plan, mode, index)
+
+
+# "auto" uses the fft path when tokens * this < min(d_out, d_in): building dW costs about
+# d_out d_in log(d) per call, the fft path about tokens (d_out + d_in) log(d).
+_FFT_TOKENS_PER_DIM = 4
 
 
 class FourierFTConv2d(FourierFTLayer):

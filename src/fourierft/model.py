@@ -32,12 +32,17 @@ class FourierFTModel(nn.Module):
         self.set_adapter(adapter_name)
 
     # ---- calling the model ----
-    def __new__(cls, model: nn.Module, *args, **kwargs):
+    def __new__(cls, model: nn.Module | None = None, *args, **kwargs):
         # A subclass per base model class whose forward carries the base forward's signature, so that
         # tools inspecting it (HF Trainer's column pruning and label detection) see the same arguments.
-        if cls is FourierFTModel:
+        if cls is FourierFTModel and model is not None:
             cls = _class_for(type(model))
         return super().__new__(cls)
+
+    def __reduce_ex__(self, protocol):
+        # copy.deepcopy and pickle: the per-base-class subclass is rebuilt from the base class (which
+        # pickle can name), then the module state is restored as for any nn.Module.
+        return (_new_wrapper, (type(self.__dict__["_modules"]["model"]),), self.__dict__)
 
     def forward(self, *args, adapter_names=None, **kwargs):
         """The model's forward, plus ``adapter_names=[...]``: one adapter name per batch row ("__base__": none)."""
@@ -291,6 +296,10 @@ def _class_for(base_cls: type) -> type:
     forward.__doc__ = FourierFTModel.forward.__doc__
     name = f"FourierFTModel[{base_cls.__name__}]"
     return type(name, (FourierFTModel,), {"forward": forward, "__module__": __name__, "__qualname__": name})
+
+
+def _new_wrapper(base_cls: type) -> FourierFTModel:
+    return nn.Module.__new__(_class_for(base_cls))
 
 
 def get_fourierft_model(model: nn.Module, config: FourierFTConfig, adapter_name: str = "default") -> FourierFTModel:

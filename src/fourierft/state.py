@@ -41,6 +41,15 @@ def _slots(model: nn.Module, adapter_name: str, bias: str) -> Iterator[tuple[str
             parts = set(name.split("."))
             if name.endswith("bias") and name not in seen and parts.isdisjoint({"modules_to_save", "original_module"}):
                 yield f"{PREFIX}{name}", param
+        # PEFT also writes the biases of saved modules under their wrapper paths (the copy's again)
+        for name, wrapper in modules_to_save_wrappers(model):
+            if adapter_name in wrapper.modules_to_save:
+                for pname, param in wrapper.original_module.named_parameters():
+                    if pname.endswith("bias"):
+                        yield f"{PREFIX}{name}.original_module.{pname}", param
+                for pname, param in wrapper.modules_to_save[adapter_name].named_parameters():
+                    if pname.endswith("bias"):
+                        yield f"{PREFIX}{name}.modules_to_save.{pname}", param
 
 
 def adapter_state_dict(model: nn.Module, adapter_name: str, bias: str = "none") -> dict[str, torch.Tensor]:
@@ -51,7 +60,13 @@ def adapter_state_dict(model: nn.Module, adapter_name: str, bias: str = "none") 
 @torch.no_grad()
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str, bias: str = "none", source: str = "state dict") -> None:
     """Copy ``state`` into the adapter's tensors; every key must be expected and present, with the right shape."""
-    slots = dict(_slots(model, adapter_name, bias))
+    pairs = list(_slots(model, adapter_name, bias))
+    slots = dict(pairs)
+    seen: dict[int, str] = {}
+    for key, target in pairs:  # one tensor under two keys (PEFT's bias="all" files): both values must agree
+        first = seen.setdefault(id(target), key)
+        if first != key and key in state and first in state and not torch.equal(state[key], state[first]):
+            raise ValueError(f"{source}: {key} and {first} hold the same parameter but different values; the file is inconsistent")
     missing = sorted(set(slots) - set(state))
     unexpected = sorted(set(state) - set(slots))
     if missing or unexpected:
