@@ -113,6 +113,10 @@ class FourierFTConfig:
                 raise ValueError(f"{what} must be a positive integer, got {value!r}")
 
         positive_int(self.n_frequency, "n_frequency")
+        for key in ("target_modules", "exclude_modules", "modules_to_save", "layers_pattern"):
+            value = getattr(self, key)
+            if value is not None and (value == "" if isinstance(value, str) else not all(v.strip(".") for v in value)):
+                raise ValueError(f"{key} holds an empty module name ({value!r}); give module names such as 'classifier'")
         for key, n in self.n_frequency_pattern.items():
             positive_int(n, f"n_frequency_pattern[{key!r}]")
         for key, s in {"scaling": self.scaling, **{f"scaling_pattern[{k!r}]": v for k, v in self.scaling_pattern.items()}}.items():

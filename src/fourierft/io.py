@@ -12,6 +12,7 @@ interrupted save never leaves a half-written adapter. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -24,11 +25,18 @@ from .config import EXTENDED_PEFT_TYPE, PEFT_TYPE, FourierFTConfig
 from .functional import SAMPLERS, positions_fingerprint
 from .inject import adapter_layers, pattern_value
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "write_adapter", "read_adapter", "positions_metadata", "check_positions"]
+__all__ = ["AdapterFileError", "CONFIG_NAME", "WEIGHTS_NAME", "write_adapter", "read_adapter", "positions_metadata", "check_positions", "check_layers", "check_values"]
+
+
+class AdapterFileError(ValueError):
+    """An adapter directory or file that cannot be loaded as it is: the message names the file and the problem."""
+
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = "1"
+MAX_CONFIG_BYTES = 1 << 20  # an adapter_config.json is a few hundred bytes
+CHECKSUM_KEY = "fourierft.sha256"  # of the tensors' names, dtypes, shapes and bytes
 _PEFT_FIELDS = (
     "n_frequency scaling random_loc_seed target_modules exclude_modules fan_in_fan_out bias modules_to_save "
     "layers_to_transform layers_pattern n_frequency_pattern init_weights base_model_name_or_path task_type "
@@ -103,6 +111,58 @@ def check_positions(model, adapter_name: str, metadata: dict[str, str], source: 
         )
 
 
+def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors in key order: name, dtype, shape, then the raw bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_layers(model, adapter_name: str, metadata: dict[str, str], source: str) -> None:
+    """The adapter built from the config must be the one the file was written from (shapes, n, slices,
+    scaling, seed, sampler per layer), when the file records it."""
+    recorded = metadata.get("fourierft.layers")
+    if recorded is None:
+        return  # a PEFT-written file
+    try:
+        recorded = json.loads(recorded)
+    except json.JSONDecodeError:
+        raise AdapterFileError(f"{source}: the weights file's fourierft.layers metadata is not valid JSON; the file is damaged") from None
+    current = json.loads(layers_metadata(model, adapter_name))
+    if not isinstance(recorded, dict) or set(recorded) != set(current):
+        raise AdapterFileError(f"{source}: adapter_config.json adapts other layers than the weights file was written for; the two files do not belong together")
+    for layer, fields in current.items():
+        theirs = recorded[layer] if isinstance(recorded[layer], dict) else {}
+        for key, value in fields.items():
+            if theirs.get(key) != value:
+                raise AdapterFileError(
+                    f"{source}: layer {layer}: {key} is {value!r} from adapter_config.json but {theirs.get(key)!r} in the weights "
+                    "file's metadata; the config was edited or the files do not belong together"
+                )
+
+
+def check_values(model, adapter_name: str, source: str) -> None:
+    """Finite coefficients, and a dW no larger than 1e6 x the base weight's largest entry (bounded
+    without forming dW: |dW[p, q]| <= scaling * sum |c| / (grid_rows * d_in))."""
+    for name, layer in adapter_layers(model):
+        spec = layer.specs.get(adapter_name)
+        if spec is None:
+            continue
+        coeffs = layer.fourierft_spectrum[adapter_name].detach().double()
+        if not torch.isfinite(coeffs).all():
+            raise AdapterFileError(f"{source}: {name}: the coefficients hold NaN or Inf values; the adapter is broken")
+        bound = spec.scaling * coeffs.abs().sum(-1).max().item() / (spec.grid * layer.d_in)
+        largest = layer.weight_matrix().detach().abs().max().item()
+        if not bound <= 1e6 * max(largest, 1e-6):
+            raise AdapterFileError(
+                f"{source}: {name}: scaling {spec.scaling:g} times these coefficients gives weight updates up to {bound:.3g}, "
+                f"against base weights of at most {largest:.3g}; the adapter or its scaling is broken"
+            )
+
+
 def write_adapter(directory, config: FourierFTConfig, state: dict[str, torch.Tensor], model, adapter_name: str) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -112,7 +172,10 @@ def write_adapter(directory, config: FourierFTConfig, state: dict[str, torch.Ten
     payload["peft_type"] = PEFT_TYPE if compatible else EXTENDED_PEFT_TYPE
     if any(getattr(layer, "transposed", False) for _, layer in adapter_layers(model) if adapter_name in layer.specs):
         payload["fan_in_fan_out"] = True  # what PEFT records for GPT-2 Conv1D targets
-    metadata = {"format": "pt", "fourierft_format": FORMAT_VERSION, **positions_metadata(model, adapter_name), "fourierft.layers": layers_metadata(model, adapter_name)}
+    metadata = {
+        "format": "pt", "fourierft_format": FORMAT_VERSION, **positions_metadata(model, adapter_name),
+        "fourierft.layers": layers_metadata(model, adapter_name), CHECKSUM_KEY: tensors_checksum(state),
+    }
     _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
     _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
@@ -135,25 +198,69 @@ def _resolve(path_or_id: str, subfolder: str | None, **hub_kwargs) -> Path:
             f"{path_or_id!r} is not a local directory; to load it from the Hugging Face Hub, pip install 'fourierft[hf]'"
         ) from err
     pattern = [f"{subfolder}/{CONFIG_NAME}", f"{subfolder}/{WEIGHTS_NAME}"] if subfolder else [CONFIG_NAME, WEIGHTS_NAME]
-    root = Path(snapshot_download(path_or_id, allow_patterns=pattern, **hub_kwargs))
+    try:
+        root = Path(snapshot_download(path_or_id, allow_patterns=pattern, **hub_kwargs))
+    except Exception as err:  # invalid id, no network, not found, gated: one message for all
+        raise FileNotFoundError(
+            f"{path_or_id!r} is not a local directory, and fetching it from the Hugging Face Hub failed "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); check the path"
+        ) from None
     return root / subfolder if subfolder else root
 
 
-def read_adapter(path_or_id, subfolder: str | None = None, **hub_kwargs) -> tuple[FourierFTConfig, dict[str, torch.Tensor], dict[str, str], Path]:
-    """Config, tensors and safetensors metadata of a saved adapter (local directory or hub id)."""
-    directory = _resolve(str(path_or_id), subfolder, **hub_kwargs)
-    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: not an adapter directory")
-    if not weights_path.is_file():
-        pickled = [p.name for p in directory.glob("adapter_model.*") if p.suffix != ".safetensors"]
-        hint = f" Found {pickled}: pickle files are never loaded; re-save them as safetensors." if pickled else ""
-        raise FileNotFoundError(f"{weights_path} not found.{hint}")
-    raw = json.loads(config_path.read_text())
-    if raw.get("peft_type") not in (PEFT_TYPE, EXTENDED_PEFT_TYPE):
-        raise ValueError(f"{config_path}: peft_type is {raw.get('peft_type')!r}, not a FourierFT adapter")
-    from safetensors import safe_open
+_FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
 
-    with safe_open(str(weights_path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    return FourierFTConfig.from_dict(raw), load_file(str(weights_path)), metadata, directory
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not an adapter directory (it needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise AdapterFileError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes; not an adapter config")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterFileError(f"{path} is not valid UTF-8 JSON ({err}); the file is damaged") from None
+    if not isinstance(raw, dict):
+        raise AdapterFileError(f"{path} must hold a JSON object, found {type(raw).__name__}")
+    if raw.get("peft_type") not in (PEFT_TYPE, EXTENDED_PEFT_TYPE):
+        raise AdapterFileError(f"{path}: peft_type is {raw.get('peft_type')!r}, not a FourierFT adapter")
+    return raw
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        pickled = [p.name for p in path.parent.glob("adapter_model.*") if p.suffix != ".safetensors"]
+        hint = f" Found {pickled}: pickle files are never loaded; re-save them as safetensors." if pickled else ""
+        raise FileNotFoundError(f"{path} not found.{hint}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError) as err:
+        raise AdapterFileError(f"{path} is not a readable safetensors file ({err}); the file is damaged or truncated") from None
+    bad = sorted(k for k, t in state.items() if t.dtype not in _FLOAT_DTYPES)
+    if bad:
+        raise AdapterFileError(f"{path}: {bad[0]} is stored as {state[bad[0]].dtype}; adapter tensors are floating point, so the file is damaged")
+    recorded = metadata.get(CHECKSUM_KEY)
+    if recorded is not None and recorded != tensors_checksum(state):
+        raise AdapterFileError(f"{path}: the tensors do not match the checksum recorded when the file was written; the file is damaged")
+    return state, metadata
+
+
+def read_adapter(path_or_id, subfolder: str | None = None, **hub_kwargs) -> tuple[FourierFTConfig, dict[str, torch.Tensor], dict[str, str], Path]:
+    """Config, tensors and safetensors metadata of a saved adapter (local directory or hub id).
+
+    Every problem with the files is an ``AdapterFileError`` (a ValueError) that names the file.
+    """
+    directory = _resolve(str(path_or_id), subfolder, **hub_kwargs)
+    raw = _read_config(directory / CONFIG_NAME)
+    try:
+        config = FourierFTConfig.from_dict(raw)
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:
+        raise AdapterFileError(f"{directory / CONFIG_NAME}: {err}") from None
+    state, metadata = _read_weights(directory / WEIGHTS_NAME)
+    return config, state, metadata, directory

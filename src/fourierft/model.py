@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import FourierFTConfig
 from .inject import adapter_layers, default_target_modules, inject_adapter, modules_to_save_wrappers, replace_module, set_trainable
-from .io import check_positions, read_adapter, write_adapter
+from .io import AdapterFileError, check_layers, check_positions, check_values, read_adapter, write_adapter
 from .layer import BASE_ADAPTER, check_adapter_name, check_mode, per_example_adapters
 from .state import adapter_state_dict, load_adapter_state_dict
 
@@ -258,13 +258,22 @@ class FourierFTModel(nn.Module):
     def from_pretrained(cls, model: nn.Module, path_or_id, adapter_name: str = "default", is_trainable: bool = False, subfolder: str | None = None, **hub_kwargs) -> FourierFTModel:
         """Wrap ``model`` with a saved adapter (ours or PEFT's FourierFT), from a directory or a hub id."""
         config, state, metadata, directory = read_adapter(path_or_id, subfolder, **hub_kwargs)
-        wrapped = cls(model, config.replace(inference_mode=not is_trainable), adapter_name)
-        wrapped._load_state(adapter_name, state, metadata, str(directory))
+        try:
+            wrapped = cls(model, config.replace(inference_mode=not is_trainable), adapter_name)
+            wrapped._load_state(adapter_name, state, metadata, str(directory))
+        except BaseException as err:
+            _restore_base(model)  # the caller's model as it was: no adapter layers left behind
+            if isinstance(err, (TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError, RuntimeError)):
+                raise AdapterFileError(f"{directory}: the adapter does not fit this model ({type(err).__name__}: {err})") from None
+            raise
         return wrapped
 
     def load_adapter(self, path_or_id, adapter_name: str, is_trainable: bool = False, subfolder: str | None = None, **hub_kwargs) -> None:
         config, state, metadata, directory = read_adapter(path_or_id, subfolder, **hub_kwargs)
-        self.add_adapter(adapter_name, config.replace(inference_mode=not is_trainable))
+        try:
+            self.add_adapter(adapter_name, config.replace(inference_mode=not is_trainable))
+        except (TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError, RuntimeError) as err:
+            raise AdapterFileError(f"{directory}: the adapter does not fit this model ({type(err).__name__}: {err})") from None
         try:
             self._load_state(adapter_name, state, metadata, str(directory))
         except Exception:
@@ -273,8 +282,10 @@ class FourierFTModel(nn.Module):
 
     def _load_state(self, adapter_name, state, metadata, source):
         config = self.peft_config[adapter_name]
+        check_layers(self.model, adapter_name, metadata, source)
         check_positions(self.model, adapter_name, metadata, source)
         load_adapter_state_dict(self.model, state, adapter_name, config.bias, source=source)
+        check_values(self.model, adapter_name, source)
 
 
 @functools.lru_cache(maxsize=None)
@@ -296,6 +307,14 @@ def _class_for(base_cls: type) -> type:
     forward.__doc__ = FourierFTModel.forward.__doc__
     name = f"FourierFTModel[{base_cls.__name__}]"
     return type(name, (FourierFTModel,), {"forward": forward, "__module__": __name__, "__qualname__": name})
+
+
+def _restore_base(model: nn.Module) -> None:
+    """Put back the original modules wherever adapter layers or saved-module wrappers were placed."""
+    for name, layer in list(adapter_layers(model)):
+        replace_module(model, name, layer.base_layer)
+    for name, wrapper in list(modules_to_save_wrappers(model)):
+        replace_module(model, name, wrapper.original_module)
 
 
 def _new_wrapper(base_cls: type) -> FourierFTModel:
