@@ -113,8 +113,14 @@ def test_eval_and_predict_with_a_saved_image_adapter(arrays, tmp_path, capsys):
     result = ic.train(cfg, quiet=True)
     adapter = str(tmp_path / "run" / "best-adapter")
     capsys.readouterr()
-    cli.main(["eval", "--adapter", adapter, "--file", str(arrays / "eval.npz")])
+    # the run records a module:function factory: loading never imports it unless asked with --model
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--adapter", adapter, "--file", str(arrays / "eval.npz")])
+    assert exit_info.value.code == 2
+    assert "never imports code" in capsys.readouterr().err
+    factory = ["--model", "test_image_classification:cnn_factory"]
+    cli.main(["eval", "--adapter", adapter, "--file", str(arrays / "eval.npz"), *factory])
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(result["eval"]["eval_accuracy"])
-    cli.main(["predict", "--adapter", adapter, "--file", str(arrays / "eval.npz"), "--out", str(tmp_path / "p.jsonl")])
+    cli.main(["predict", "--adapter", adapter, "--file", str(arrays / "eval.npz"), "--out", str(tmp_path / "p.jsonl"), *factory])
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 40 and {r["label"] for r in rows} <= {"left", "right"}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import random
 import subprocess
 import sys
@@ -110,8 +111,7 @@ def test_eval_predict_merge_inspect_cli(trained_run, glue_sst2, tmp_path, capsys
     batch = tok(["good movie", "awful plot"], return_tensors="pt", padding=True)
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, wrapped(**batch).logits, rtol=1e-5, atol=1e-5)
-    with pytest.raises(SystemExit, match="exists and is not empty"):
-        cli.main(["merge", "--adapter", adapter, "--out", str(merged_dir)])
+    assert "exists and is not empty" in cli_error(capsys, ["merge", "--adapter", adapter, "--out", str(merged_dir)])
 
     capsys.readouterr()
     cli.main(["inspect", adapter, "--plot", str(tmp_path / "plots")])
@@ -231,8 +231,20 @@ def test_train_cli_prints_and_saves_resolved_config(tiny_model, glue_sst2, tmp_p
     printed = capsys.readouterr().out
     assert "resolved config" in printed and "n_frequency: 100" in printed
     assert json.loads(printed[printed.rindex('{\n  "eval"') :])["eval"]["eval_accuracy"] >= 0
-    with pytest.raises(SystemExit, match=r"error: .*train.tsv: no column 'review'; the columns are \['sentence', 'label'\]"):
-        cli.main(["train", "--model", tiny_model, "--train-file", str(glue_sst2 / "train.tsv"), "text_column=review", "--output-dir", str(tmp_path / "bad")])
+    message = cli_error(capsys, ["train", "--model", tiny_model, "--train-file", str(glue_sst2 / "train.tsv"), "text_column=review", "--output-dir", str(tmp_path / "bad")])
+    assert re.search(r"error: .*train.tsv: no column 'review'; the columns are \['sentence', 'label'\]", message)
+
+
+def cli_error(capsys, argv) -> str:
+    """Run the CLI on bad input: exit code 2 and one line on stderr, which is returned."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]  # earlier lines: library progress bars while loading
+    assert last.startswith("error: ") and "Traceback" not in err, err
+    return last
 
 
 def test_missing_demo_assets_print_install_command(monkeypatch):

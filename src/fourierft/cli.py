@@ -26,31 +26,31 @@ def _require(*modules: str, extra: str = "train") -> None:
 
 # ---------------------------------------------------------------- inspect (core only)
 def inspect_adapter(path: str, lora_rank: int = 8) -> dict:
-    """Summary of a saved adapter directory (ours or PEFT's): config, layers, parameters, size, LoRA's count."""
-    from safetensors import safe_open
+    """Summary of a saved adapter directory (ours or PEFT's): config, layers, parameters, size, LoRA's count.
 
-    directory = Path(path)
-    config = json.loads((directory / "adapter_config.json").read_text())
-    weights = directory / "adapter_model.safetensors"
+    The files are read and checked as loading does (``fourierft.io.read_adapter``): a damaged or
+    inconsistent adapter is an error here too, never a normal-looking summary.
+    """
+    from .io import WEIGHTS_NAME, read_adapter
+
+    config, state, metadata, directory = read_adapter(path) if Path(path).is_dir() else _not_a_directory(path)
+    weights = directory / WEIGHTS_NAME
     layers, other, coefficients = [], [], 0
-    with safe_open(str(weights), "pt") as f:
-        metadata = f.metadata() or {}
-        for key in f.keys():
-            shape = list(f.get_slice(key).get_shape())
-            numel = _prod(shape)
-            if key.endswith(".fourierft_spectrum"):
-                layers.append((key.removeprefix("base_model.model.").removesuffix(".fourierft_spectrum"), shape))
-                coefficients += numel
-            else:
-                other.append((key.removeprefix("base_model.model."), shape))
+    for key, tensor in sorted(state.items()):
+        shape = list(tensor.shape)
+        if key.endswith(".fourierft_spectrum"):
+            layers.append((key.removeprefix("base_model.model.").removesuffix(".fourierft_spectrum"), shape))
+            coefficients += tensor.numel()
+        else:
+            other.append((key.removeprefix("base_model.model."), shape))
     shapes = json.loads(metadata.get("fourierft.layers", "{}"))
     lora = sum(lora_rank * (s["d_in"] + s["d_out"]) for s in shapes.values()) if shapes else None
     return {
-        "peft_type": config.get("peft_type"),
-        "n_frequency": config.get("n_frequency"),
-        "scaling": config.get("scaling"),
-        "random_loc_seed": config.get("random_loc_seed"),
-        "target_modules": config.get("target_modules"),
+        "peft_type": "FOURIERFT_EXTENDED" if config.uses_extensions or shapes and any(s.get("type") != "FourierFTLinear" for s in shapes.values()) else "FOURIERFT",
+        "n_frequency": config.n_frequency,
+        "scaling": config.scaling,
+        "random_loc_seed": config.random_loc_seed,
+        "target_modules": list(config.target_modules) if isinstance(config.target_modules, tuple) else config.target_modules,
         "adapted_layers": layers,
         "coefficients": coefficients,
         "other_tensors": other,
@@ -61,6 +61,10 @@ def inspect_adapter(path: str, lora_rank: int = 8) -> dict:
         "layer_shapes": shapes,
         "position_sets": {k.removeprefix("fourierft.positions."): v for k, v in metadata.items() if k.startswith("fourierft.positions.")},
     }
+
+
+def _not_a_directory(path: str):
+    raise FileNotFoundError(f"{path} is not a directory; give the adapter directory (with adapter_config.json and adapter_model.safetensors)")
 
 
 def _prod(shape) -> int:
@@ -192,7 +196,10 @@ def main(argv=None) -> None:
 
         demo.main(rest)
     elif args.command == "inspect":
-        summary = inspect_adapter(args.path, args.lora_rank)
+        try:
+            summary = inspect_adapter(args.path, args.lora_rank)
+        except (ValueError, OSError) as err:
+            _fail(err)
         print(json.dumps(summary, indent=2)) if args.json else _print_inspect(summary)
         if args.plot:
             for path in plot_adapter(args.path, args.plot):
@@ -239,8 +246,14 @@ def _run_recipe(args) -> None:
         elif args.command == "predict":
             n = tc.predict(args.adapter, args.out, args.data, args.file, args.model, columns)
             print(f"wrote {n} predictions to {args.out}")
-    except (DataError, FileExistsError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    except (DataError, ValueError, OSError) as err:
+        _fail(err)
+
+
+def _fail(err: BaseException):
+    """One line on stderr naming the problem, exit code 2 (bad input), no traceback."""
+    print(f"error: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _adapter_kind(adapter: str) -> str | None:

@@ -251,6 +251,40 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return state, metadata
 
 
+def check_file(config: FourierFTConfig, state: dict[str, torch.Tensor], metadata: dict[str, str], source: str) -> None:
+    """What can be checked without the base model: finite coefficients and, when the file records its
+    layers, the config's per-layer n, scaling and seed against that record and the tensor shapes."""
+    for key, t in state.items():
+        if key.endswith("fourierft_spectrum") and not torch.isfinite(t).all():
+            raise AdapterFileError(f"{source}: {key} holds NaN or Inf values; the adapter is broken")
+    recorded = metadata.get("fourierft.layers")
+    if recorded is None:
+        return
+    try:
+        layers = json.loads(recorded)
+        assert isinstance(layers, dict) and all(isinstance(v, dict) for v in layers.values())
+    except (json.JSONDecodeError, AssertionError):
+        raise AdapterFileError(f"{source}: the weights file's fourierft.layers metadata is damaged") from None
+    spectra = {k.removeprefix("base_model.model.").removesuffix(".fourierft_spectrum") for k in state if k.endswith("fourierft_spectrum")}
+    if spectra != set(layers):
+        raise AdapterFileError(f"{source}: the coefficient tensors do not match the layers the file records; the file is damaged")
+    for name, rec in layers.items():
+        n = pattern_value(config.n_frequency_pattern, name, config.n_frequency)
+        if config.clamp_n_frequency and isinstance(rec.get("grid_rows"), int) and isinstance(rec.get("d_in"), int):
+            n = min(n, rec["grid_rows"] * rec["d_in"])
+        expected = {"scaling": float(pattern_value(config.scaling_pattern, name, config.scaling)), "n": n, "seed": config.random_loc_seed}
+        for field, value in expected.items():
+            if rec.get(field) != value:
+                raise AdapterFileError(
+                    f"{source}: layer {name}: adapter_config.json gives {field} {value!r} but the weights were written with "
+                    f"{rec.get(field)!r}; the config was edited or the files do not belong together"
+                )
+        shape = tuple(state[f"base_model.model.{name}.fourierft_spectrum"].shape)
+        slices = rec.get("slices") or [None]
+        if shape != ((n,) if len(slices) == 1 else (len(slices), n)):
+            raise AdapterFileError(f"{source}: {name} coefficients have shape {shape}, not the recorded {len(slices)} x {n}")
+
+
 def read_adapter(path_or_id, subfolder: str | None = None, **hub_kwargs) -> tuple[FourierFTConfig, dict[str, torch.Tensor], dict[str, str], Path]:
     """Config, tensors and safetensors metadata of a saved adapter (local directory or hub id).
 
@@ -263,4 +297,5 @@ def read_adapter(path_or_id, subfolder: str | None = None, **hub_kwargs) -> tupl
     except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:
         raise AdapterFileError(f"{directory / CONFIG_NAME}: {err}") from None
     state, metadata = _read_weights(directory / WEIGHTS_NAME)
+    check_file(config, state, metadata, str(directory))
     return config, state, metadata, directory

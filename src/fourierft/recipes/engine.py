@@ -106,11 +106,25 @@ def read_run_info(adapter: str, model_name: str | None = None) -> tuple[dict, st
     """(run info written with the adapter, base model: ``model_name`` or the recorded one)."""
     from .data import DataError
 
+    if not Path(adapter).is_dir() or not (Path(adapter) / "adapter_config.json").is_file():
+        raise DataError(f"{adapter} is not an adapter directory (no adapter_config.json); give the run's best-adapter/ or last-adapter/")
     path = Path(adapter) / RUN_INFO
-    info = json.loads(path.read_text()) if path.is_file() else {}
-    model_name = model_name or info.get("model")
-    if not model_name:
-        raise DataError(f"{adapter} has no {RUN_INFO}; pass --model <base model> too")
+    try:
+        info = json.loads(path.read_text()) if path.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path} is not valid JSON ({err}); pass --model <base model> and fix or remove the file") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{path} must hold a JSON object")
+    if model_name is None:
+        model_name = info.get("model")
+        if isinstance(model_name, str) and ":" in model_name and not Path(model_name).exists():
+            # a "module:function" factory: loading an adapter never imports code on its own
+            raise DataError(
+                f"{adapter} was trained on a model built by the Python function {model_name!r}; loading an adapter "
+                f"never imports code by itself: pass --model {model_name} to run it"
+            )
+    if not model_name or not isinstance(model_name, str):
+        raise DataError(f"{adapter} has no {RUN_INFO} naming its base model; pass --model <base model> too")
     return info, model_name
 
 
