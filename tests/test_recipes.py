@@ -337,3 +337,88 @@ def test_comparison_methods(tiny_model, glue_sst2, tmp_path, method, expect_trai
     saved = json.loads((tmp_path / method / "results.json").read_text())
     assert saved["method"] == method and saved["saved_bytes"] > 0 and "eval_accuracy" in saved["eval"]
     assert not list((tmp_path / method).glob("checkpoints/checkpoint-*"))  # no adapter checkpoints for baselines
+
+
+BAD_TRAIN_FILES = {
+    "empty.csv": (b"", "is empty"),
+    "header-only.csv": (b"text,label\n", "has no rows"),
+    "no-label.csv": (b"text\ngood film\nbad film\n", "no column 'label'"),
+    "empty-label.csv": (b"text,label\ngood film,1\nbad film,\n", "row 2 has no label"),
+    "nan-label.jsonl": (b'{"text": "good", "label": 1}\n{"text": "bad", "label": NaN}\n', "row 2 has no label"),
+    "none-label.jsonl": (b'{"text": "good", "label": 1}\n{"text": "bad", "label": null}\n', "row 2 has no label"),
+    "one-class.csv": (b"text,label\ngood film,1\ngreat film,1\n", "one class only"),
+    "latin1.csv": ("text,label\ncaf\u00e9 cr\u00e8me,1\nbad,0\n".encode("latin-1"), "not UTF-8"),
+    "extra-fields.csv": (b"text,label\nA dazzling, heartfelt film.,1\nbad,0\n", "more fields than the header"),
+    "not-objects.jsonl": (b"[1, 2]\n", "every line must be a JSON object"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TRAIN_FILES))
+def test_train_refuses_bad_data_files_in_one_line(name, tiny_model, tmp_path, capsys):
+    content, expected = BAD_TRAIN_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    err = cli_error(capsys, ["train", "--model", tiny_model, "--train-file", str(path), "--output-dir", str(tmp_path / "run")])
+    assert expected in err, err
+
+
+BAD_SETTINGS = {
+    "epochs=0": "epochs=0.0 must be > 0",
+    "epochs=-1": "epochs=-1.0 must be > 0",
+    "lr=abc": "setting 'lr' expects",
+    "lr=nan": "not a finite number",
+    "lr=-1": "lr=-1.0 must be > 0",
+    "max_length=0": "max_length=0 must be >= 1",
+    "lrr=0.1": "did you mean 'lr'",
+    "batch_size=0": "batch_size=0 must be >= 1",
+}
+
+
+@pytest.mark.parametrize("setting", sorted(BAD_SETTINGS))
+def test_train_refuses_bad_settings_in_one_line(setting, tiny_model, glue_sst2, tmp_path, capsys):
+    err = cli_error(capsys, ["train", "--model", tiny_model, "--data", str(glue_sst2), "--output-dir", str(tmp_path / "run"), setting])
+    assert BAD_SETTINGS[setting] in err, err
+
+
+def test_cli_refuses_missing_and_malformed_inputs(tiny_model, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
+    assert "cannot tell the GLUE task" in cli_error(capsys, ["train", "--model", tiny_model, "--data", str(tmp_path / "empty")])
+    (tmp_path / "SST-2").mkdir()
+    assert "train.tsv not found" in cli_error(capsys, ["train", "--model", tiny_model, "--data", str(tmp_path / "SST-2")])
+    assert "config file" in cli_error(capsys, ["train", "--config", str(tmp_path / "missing.yaml")])
+    assert "not valid YAML" in cli_error(capsys, ["train", "--config", str(tmp_path / "bad.yaml")])
+    assert "not an adapter directory" in cli_error(capsys, ["eval", "--adapter", str(tmp_path / "empty"), "--file", "x.csv"])
+    assert "not an adapter directory" in cli_error(capsys, ["merge", "--adapter", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")])
+    assert "not found" in cli_error(capsys, ["inspect", str(tmp_path / "empty")])
+    assert "not a directory" in cli_error(capsys, ["inspect", str(tmp_path / "bad.yaml")])
+    fifo_dir = tmp_path / "fifo"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "adapter_config.json")  # reading it would block forever
+    assert "not found" in cli_error(capsys, ["inspect", str(fifo_dir)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--model", tiny_model, "--epochs", "1"])
+    assert exit_info.value.code == 2 and "epochs=1" in capsys.readouterr().err
+
+
+def test_config_coercion_handles_dicts_and_lists(tmp_path):
+    from fourierft.recipes.causal_lm import LMConfig
+
+    assert rconfig.coerce("target_modules", "[query, value]") == ["query", "value"]
+    assert rconfig.coerce("target_modules", ["query"]) == ["query"]
+    (tmp_path / "run.yaml").write_text("target_modules: [query, value]\nepochs: 2\n")
+    cfg = rconfig.resolve_config(None, str(tmp_path / "run.yaml"), {}, ["lr=0.01"])
+    assert cfg.target_modules == ["query", "value"] and cfg.epochs == 2.0 and cfg.lr == 0.01
+    dict_fields = [f.name for f in __import__("dataclasses").fields(LMConfig) if "dict" in str(f.type)]
+    for name in dict_fields:
+        assert rconfig.coerce(name, "{c_attn: {chunks: 3, adapt: [0, 2]}}", LMConfig) == {"c_attn": {"chunks": 3, "adapt": [0, 2]}}
+        with pytest.raises(ValueError, match=f"setting '{name}' expects"):
+            rconfig.coerce(name, "[1, 2]", LMConfig)
+
+
+def test_a_one_megabyte_field_is_read_whole(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("text,label\n" + "word " * 200_000 + ",1\nshort,0\n")
+    examples = rdata.read_table(path)
+    assert len(examples.text_a[0]) == 1_000_000 and examples.labels == ["1", "0"]

@@ -184,6 +184,13 @@ def main(argv=None) -> None:
         args.overrides += [r for r in rest if "=" in r and not r.startswith("-")]
         rest = [r for r in rest if r not in args.overrides]
     if rest and args.command not in ("demo", "quickstart"):
+        option = next((r for r in rest if r.startswith("--")), None)
+        if args.command == "train" and option:
+            key = option[2:].split("=", 1)[0].replace("-", "_")
+            given = list(sys.argv[1:] if argv is None else argv)
+            after = given[given.index(option) + 1 : given.index(option) + 2] if option in given else []
+            value = option.split("=", 1)[1] if "=" in option else (after[0] if after and not after[0].startswith("-") else "...")
+            parser.error(f"unrecognized option {option}; settings are given as key=value, e.g. {key}={value}")
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "quickstart":
         _require("transformers", extra="hf")
@@ -268,9 +275,9 @@ def _recipe_kind(args) -> str:
 
     task = args.task or next((o.split("=", 1)[1] for o in args.overrides if o.startswith("task=")), None)
     if task is None and args.config:
-        import yaml
+        from .recipes.config import load_yaml
 
-        task = (yaml.safe_load(Path(args.config).read_text()) or {}).get("task")
+        task = load_yaml(args.config).get("task")
     if args.preset in IMAGE_PRESETS or task == "image":
         return "image"
     if task is None and args.preset in LM_PRESETS:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -106,9 +108,36 @@ PRESETS: dict[str, dict[str, Any]] = {
 def _field_type(name: str, cls: type):
     hints = typing.get_type_hints(cls)
     if name not in hints:
-        known = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ValueError(f"unknown setting {name!r}; known settings: {known}")
+        close = difflib.get_close_matches(name, list(hints), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown setting {name!r}; {hint}see `fourierft train --help` for the settings")
     return hints[name]
+
+
+# (lowest allowed, whether the lowest itself is allowed) for numeric settings of any recipe config
+_RANGES = {
+    "epochs": (0, False), "lr": (0, False), "head_lr": (0, False), "weight_decay": (0, True),
+    "warmup_ratio": (0, True), "batch_size": (1, True), "eval_batch_size": (1, True), "max_length": (1, True),
+    "n_frequency": (1, True), "grad_accum": (1, True), "lora_rank": (1, True), "logging_steps": (1, True),
+    "save_total_limit": (1, True), "max_train_samples": (1, True), "max_eval_samples": (1, True),
+    "max_new_tokens": (1, True), "num_beams": (1, True), "image_size": (1, True),
+}
+
+
+def validate(config) -> None:
+    """Refuse settings that cannot train: non-finite numbers, and values below each setting's range."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise ValueError(f"setting {f.name}={value!r} is not a finite number")
+        if f.name in _RANGES:
+            low, inclusive = _RANGES[f.name]
+            if value < low or (value == low and not inclusive):
+                raise ValueError(f"setting {f.name}={value!r} must be {'>=' if inclusive else '>'} {low}")
+    if getattr(config, "warmup_ratio", 0) >= 1:
+        raise ValueError(f"setting warmup_ratio={config.warmup_ratio!r} must be below 1")
 
 
 def coerce(name: str, value: Any, cls: type = TrainConfig) -> Any:
@@ -127,7 +156,13 @@ def coerce(name: str, value: Any, cls: type = TrainConfig) -> Any:
         if origin is list:
             if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
             return list(value)
+        if origin is dict or base is dict:
+            if not isinstance(value, dict):
+                raise TypeError
+            return dict(value)
         if base is bool:
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -141,6 +176,20 @@ def coerce(name: str, value: Any, cls: type = TrainConfig) -> Any:
         raise ValueError(f"setting {name!r} expects {hint}, got {value!r}") from None
 
 
+def load_yaml(yaml_file) -> dict:
+    """A YAML file of settings as a dict; a clear ValueError when missing or malformed."""
+    path = Path(yaml_file)
+    if not path.is_file():
+        raise ValueError(f"config file {yaml_file} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{yaml_file} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{yaml_file}: expected a mapping of setting: value")
+    return loaded
+
+
 def resolve_config(preset=None, yaml_file=None, flags=None, overrides=None, cls: type = TrainConfig, presets: dict | None = None):
     """An instance of the recipe config ``cls``: preset, then YAML, then flags, then key=value overrides."""
     presets = PRESETS if presets is None else presets
@@ -150,17 +199,16 @@ def resolve_config(preset=None, yaml_file=None, flags=None, overrides=None, cls:
             raise ValueError(f"unknown preset {preset!r}; available: {', '.join(sorted(presets))}")
         values.update(presets[preset])
     if yaml_file:
-        loaded = yaml.safe_load(Path(yaml_file).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_file}: expected a mapping of setting: value")
-        values.update(loaded)
+        values.update(load_yaml(yaml_file))
     values.update({k: v for k, v in (flags or {}).items() if v is not None})
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} is not key=value")
         values[key.strip()] = value
-    return cls(**{k: coerce(k, v, cls) for k, v in values.items()})
+    config = cls(**{k: coerce(k, v, cls) for k, v in values.items()})
+    validate(config)
+    return config
 
 
 def save_config(config, path: Path) -> str:

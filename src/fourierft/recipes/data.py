@@ -88,13 +88,34 @@ def read_glue(path: str | Path, task: str) -> TextExamples:
 
 
 def _read_records(path: Path) -> list[dict]:
+    try:
+        return _parse_records(path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    except csv.Error as err:
+        raise DataError(f"{path}: malformed CSV ({err})") from None
+
+
+def _parse_records(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         with open(path, encoding="utf-8-sig", newline="") as f:
-            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+            records = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        for i, r in enumerate(records):
+            if None in r:  # more fields than the header: csv puts the rest under the key None
+                raise DataError(
+                    f"{path}: row {i + 2} has more fields than the header ({len(r) - 1}); quote fields that contain "
+                    f"the delimiter, e.g. \"A dazzling, heartfelt film.\""
+                )
+        return records
     if suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            records = [json.loads(line) for line in f if line.strip()]
+        if not all(isinstance(r, dict) for r in records):
+            raise DataError(f"{path}: every line must be a JSON object")
+        return records
     if suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict) and "data" in data:
@@ -112,9 +133,12 @@ def _records_to_examples(records, source, text_column, pair_column, label_column
     for name in (text_column, pair_column, label_column):
         if name is not None and name not in columns:
             raise DataError(f"{source}: no column {name!r}; the columns are {columns}. Pass the right name (--text-column / --text-pair-column / --label-column)")
-    text_a = [str(r[text_column]) for r in records]
-    text_b = [str(r[pair_column]) for r in records] if pair_column else None
-    labels = [r[label_column] for r in records]
+    text_a = [str(r.get(text_column)) for r in records]
+    text_b = [str(r.get(pair_column)) for r in records] if pair_column else None
+    labels = [r.get(label_column) for r in records]
+    empty = next((i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and v != v) or str(v).strip().lower() in ("", "nan", "none", "null")), None)
+    if empty is not None and label_column is not None:
+        raise DataError(f"{source}: row {empty + 1} has no label in column {label_column!r}; fill or drop unlabelled rows (predict reads files without labels)")
     return TextExamples(text_a, text_b, labels, source)
 
 

@@ -53,6 +53,11 @@ class LabelSpace:
             values = sorted(values, key=float)
         except ValueError:
             pass
+        if len(values) < 2:
+            raise DataError(
+                f"{examples.source}: the label column holds one class only ({values}); a classifier needs at least two "
+                "(for a real-valued target, use task=regression)"
+            )
         return cls(values)
 
     def encode(self, examples: TextExamples) -> list:
