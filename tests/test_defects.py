@@ -169,3 +169,23 @@ def test_regex_timeout_and_syntax_errors_are_clear(monkeypatch):
     monkeypatch.setattr(inject.regex, "match", slow)
     with pytest.raises(ValueError, match="took over .* simplify it"):
         inject.regex_match("(a+)+b", "aaaa")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_thousand_merge_unmerge_cycles_stay_bounded(dtype):
+    model = adapted(dtype)
+    weight = model.model[0].base_layer.weight
+    before = weight.detach().clone()
+    for _ in range(1000):
+        model.merge_adapter()
+        model.unmerge_adapter()
+    drift = (weight.float() - before.float()).abs().max().item()
+    assert drift == 0.0 if dtype == torch.bfloat16 else drift < 1e-6
+
+
+def test_remote_code_is_never_trusted_by_the_library():
+    from pathlib import Path
+
+    src = Path(__file__).parents[1] / "src" / "fourierft"
+    offenders = [p.name for p in src.rglob("*.py") if "trust_remote_code=True" in p.read_text()]
+    assert offenders == []

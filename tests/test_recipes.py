@@ -151,6 +151,28 @@ def test_resume_from_last_checkpoint(tiny_model, glue_sst2, tmp_path):
     assert [round(e["epoch"]) for e in state["log_history"] if "eval_accuracy" in e] == [1, 2]
 
 
+def test_resume_skips_an_interrupted_checkpoint_and_ends_where_an_uninterrupted_run_ends(tiny_model, glue_sst2, tmp_path):
+    """A kill while Trainer writes checkpoint-N leaves it incomplete; resume=true continues from the
+    newest complete one and reaches the same final adapter, bit for bit."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    whole = tmp_path / "whole"
+    tc.train(small_cfg(tiny_model, whole, data=str(glue_sst2), epochs=2, max_train_samples=64), quiet=True)
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    shutil.copytree(whole / "checkpoints" / "checkpoint-4", cut / "checkpoints" / "checkpoint-4")
+    partial = cut / "checkpoints" / "checkpoint-6"  # killed mid-write: adapter there, trainer state cut short
+    shutil.copytree(whole / "checkpoints" / "checkpoint-4", partial)
+    (partial / "trainer_state.json").write_text('{"global_step": 6, "log_hi')
+    (cut / "checkpoints" / "checkpoint-7").mkdir()  # killed right after mkdir
+    tc.train(small_cfg(tiny_model, cut, data=str(glue_sst2), epochs=2, max_train_samples=64, resume=True), quiet=True)
+    a = load_file(whole / "last-adapter" / "adapter_model.safetensors")
+    b = load_file(cut / "last-adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ---------------------------------------------------------------- data readers
 def test_glue_layouts_from_synthetic_fixtures(tmp_path):
     (tmp_path / "cola.tsv").write_text("gj04\t1\t\tThe book was read .\ngj04\t0\t*\tBook the read was .\n")
@@ -422,3 +444,29 @@ def test_a_one_megabyte_field_is_read_whole(tmp_path):
     path.write_text("text,label\n" + "word " * 200_000 + ",1\nshort,0\n")
     examples = rdata.read_table(path)
     assert len(examples.text_a[0]) == 1_000_000 and examples.labels == ["1", "0"]
+
+
+def test_no_pickle_reachable_from_loading_or_resuming(tiny_model, glue_sst2, tmp_path, monkeypatch):
+    """Loading adapters and resuming checkpoints: torch.load only with weights_only=True, never pickle."""
+    import pickle
+
+    out = tmp_path / "run"
+    tc.train(small_cfg(tiny_model, out, data=str(glue_sst2), epochs=1, max_train_samples=32), quiet=True)
+    real_load, calls = torch.load, []
+
+    def guarded_load(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        if kwargs.get("weights_only") is not True:
+            raise AssertionError(f"torch.load without weights_only=True: {args[:1]}")
+        return real_load(*args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used while loading")
+
+    monkeypatch.setattr(torch, "load", guarded_load)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    tc.load_for_inference(str(out / "best-adapter"))
+    tc.train(small_cfg(tiny_model, out, data=str(glue_sst2), epochs=2, max_train_samples=32, resume=True), quiet=True)
+    assert calls and all(c is True for c in calls)  # the resume did read optimizer / scheduler / RNG state

@@ -6,15 +6,19 @@ slices, no clamped n) are written exactly as PEFT writes them (peft_type "FOURIE
 PEFT refuses loudly. The safetensors metadata records, per distinct position set, the sampler
 and a fingerprint of the positions; loading regenerates the positions and checks them.
 
-Files are written to a temporary file in the target directory and renamed over the old one, so an
-interrupted save never leaves a half-written adapter. Nothing is ever unpickled.
+A save replaces the config and the weights together: both are written into a temporary sibling
+directory that is swapped in atomically (``_replace_files``), so a crash leaves the old or the new
+adapter, never a mix. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,15 +48,109 @@ _PEFT_FIELDS = (
 ).split()
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+_TMP_MARK = ".fourierft-tmp-"  # temporary siblings of an adapter directory while it is replaced
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directory entries (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False  # e.g. EINVAL on a filesystem without exchange support
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard links (copies where links fail) of everything in src under dst; src is not changed."""
+    for entry in src.iterdir():
+        target = dst / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            target.mkdir()
+            _link_tree(entry, target)
+        elif entry.is_symlink():
+            target.symlink_to(os.readlink(entry))
+        else:
+            try:
+                os.link(entry, target)
+            except OSError:
+                shutil.copy2(entry, target)
+
+
+_MAX_LINKED_ENTRIES = 1000
+
+
+def _more_entries_than(directory: Path, limit: int) -> bool:
+    count = 0
+    for _, dirs, names in os.walk(directory):
+        count += len(dirs) + len(names)
+        if count > limit:
+            return True
+    return False
+
+
+def _replace_one(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        write(Path(tmp))
+        _fsync(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def _sweep(directory: Path) -> None:
+    """Remove temporary siblings left by an interrupted save of ``directory``."""
+    for stale in directory.parent.glob(f".{directory.name}{_TMP_MARK}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _replace_files(directory: Path, files: dict[str, object]) -> None:
+    """Put ``files`` ({name: write(path)}) into ``directory`` as one change: a reader (or a crash) sees
+    the directory wholly before or wholly after. The new files are written into a temporary sibling
+    holding hard links to everything else in the directory, which is then swapped in with one
+    atomic rename (an exchange when the directory exists) and the old copy removed. Without an
+    atomic exchange (not Linux) each file is still replaced atomically, one after the other."""
+    directory = directory.resolve()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(directory)
+    if directory.is_dir() and _more_entries_than(directory, _MAX_LINKED_ENTRIES):
+        for name, write in files.items():  # a large folder (".", a project root): per-file replacement
+            _replace_one(directory / name, write)
+        return
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}{_TMP_MARK}", dir=directory.parent))
+    try:
+        if directory.is_dir():
+            _link_tree(directory, staging)
+        for name, write in files.items():
+            (staging / name).unlink(missing_ok=True)  # a link to the old file: never write through it
+            write(staging / name)
+            _fsync(staging / name)
+        _fsync(staging)
+        if not directory.exists():
+            os.rename(staging, directory)
+        elif _exchange(staging, directory):
+            pass  # staging now holds the old directory
+        else:
+            for name in files:
+                os.replace(staging / name, directory / name)
+        _fsync(directory.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def peft_expressible(model, config: FourierFTConfig, adapter_name: str) -> bool:
@@ -165,7 +263,6 @@ def check_values(model, adapter_name: str, source: str) -> None:
 
 def write_adapter(directory, config: FourierFTConfig, state: dict[str, torch.Tensor], model, adapter_name: str) -> Path:
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     compatible = peft_expressible(model, config, adapter_name)
     full = config.to_dict()
     payload = {k: full[k] for k in _PEFT_FIELDS} if compatible else full
@@ -176,9 +273,8 @@ def write_adapter(directory, config: FourierFTConfig, state: dict[str, torch.Ten
         "format": "pt", "fourierft_format": FORMAT_VERSION, **positions_metadata(model, adapter_name),
         "fourierft.layers": layers_metadata(model, adapter_name), CHECKSUM_KEY: tensors_checksum(state),
     }
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    _replace_files(directory, {WEIGHTS_NAME: lambda path: save_file(state, str(path), metadata=metadata), CONFIG_NAME: lambda path: path.write_text(text)})
     return directory
 
 

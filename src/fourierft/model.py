@@ -280,6 +280,15 @@ class FourierFTModel(nn.Module):
             self.delete_adapter(adapter_name)
             raise
 
+    def load_adapter_weights(self, path_or_id, adapter_name: str | None = None, subfolder: str | None = None, **hub_kwargs) -> None:
+        """Load saved weights into an adapter this model already has (default: the active one), e.g. to
+        resume training. The file must describe the same adapter: layers, shapes, positions, scaling."""
+        name = adapter_name or self.active_adapter
+        if name not in self.peft_config:
+            raise ValueError(f"no adapter {name!r} to load weights into; known: {sorted(self.peft_config)}")
+        _, state, metadata, directory = read_adapter(path_or_id, subfolder, **hub_kwargs)
+        self._load_state(name, state, metadata, str(directory))
+
     def _load_state(self, adapter_name, state, metadata, source):
         config = self.peft_config[adapter_name]
         check_layers(self.model, adapter_name, metadata, source)

@@ -24,7 +24,7 @@ from fourierft.inject import default_target_modules
 from .baselines import prepare_baseline
 from .config import RunSettings
 from .data import DataError
-from .engine import mixed_precision, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
+from .engine import mixed_precision, resume_checkpoint, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
 
 __all__ = ["LMConfig", "LM_PRESETS", "read_e2e", "read_instructions", "build_prompt", "encode_pair", "train", "generate"]
 
@@ -235,7 +235,7 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
     )
     trainer.shuffle, trainer.label_smoothing = cfg.shuffle, cfg.label_smoothing
     start = time.time()
-    trainer.train(resume_from_checkpoint=bool(cfg.resume) or None)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
     seconds = time.time() - start
     saved = save_outcome(model, run_dir / "adapter", info, cfg.method, tokenizer)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

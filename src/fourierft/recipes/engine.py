@@ -10,13 +10,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUN_INFO", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
+__all__ = ["RUN_INFO", "resume_checkpoint", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
 
 RUN_INFO = "run_info.json"
 
 
 def trainer_classes():
     from transformers import Trainer, TrainerCallback
+
+    from fourierft import FourierFTModel
 
     class FourierFTTrainer(Trainer):
         """Checkpoints hold only the adapter (safetensors); resuming and best-model loading read it back."""
@@ -31,19 +33,17 @@ def trainer_classes():
                 if hasattr(model, "save_pretrained"):  # FourierFT adapter, PEFT LoRA, or a transformers model
                     model.save_pretrained(output_dir)
 
-        def _load_adapter(self, directory):
-            from fourierft.io import read_adapter
-            from fourierft.state import load_adapter_state_dict
-
-            model = self.accelerator.unwrap_model(self.model)
-            _, state, _, _ = read_adapter(directory)
-            load_adapter_state_dict(model.model, state, model.active_adapter, model.peft_config[model.active_adapter].bias, source=str(directory))
-
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            self._load_adapter(resume_from_checkpoint)
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            if not isinstance(unwrapped, FourierFTModel):
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            unwrapped.load_adapter_weights(resume_from_checkpoint)
 
         def _load_best_model(self):
-            self._load_adapter(self.state.best_model_checkpoint)
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            if not isinstance(unwrapped, FourierFTModel):
+                return super()._load_best_model()
+            unwrapped.load_adapter_weights(self.state.best_model_checkpoint)
 
         def _get_train_sampler(self, *args, **kwargs):
             if not self.shuffle:
@@ -67,6 +67,29 @@ def trainer_classes():
                 save_adapter(model, self.run_dir / "last-adapter", self.info)
 
     return FourierFTTrainer, RunLog
+
+
+def resume_checkpoint(run_dir: Path, resume: bool) -> str | None:
+    """The newest complete checkpoint under run_dir/checkpoints when resuming, else None.
+
+    A checkpoint is complete when its trainer state (written last) parses and its adapter loads;
+    a kill while one was written leaves it incomplete, and the one before it is used instead.
+    """
+    if not resume:
+        return None
+    from fourierft.io import read_adapter
+
+    found = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1, reverse=True)
+    for checkpoint in found:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            read_adapter(checkpoint)
+        except (OSError, ValueError):
+            print(f"skipping incomplete checkpoint {checkpoint}")
+            continue
+        return str(checkpoint)
+    print(f"resume=true but {run_dir / 'checkpoints'} holds no complete checkpoint: starting from the beginning")
+    return None
 
 
 def save_adapter(model, directory: Path, info: dict) -> None:

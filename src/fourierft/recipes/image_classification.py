@@ -22,7 +22,7 @@ from fourierft.inject import default_target_modules
 from .baselines import prepare_baseline
 from .config import RunSettings
 from .data import DataError
-from .engine import mixed_precision, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
+from .engine import mixed_precision, resume_checkpoint, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
 
 __all__ = ["ImageConfig", "IMAGE_PRESETS", "ImageSet", "read_image_folder", "read_arrays", "train"]
 
@@ -227,7 +227,7 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     )
     trainer.shuffle = cfg.shuffle
     start = time.time()
-    trainer.train(resume_from_checkpoint=bool(cfg.resume) or None)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
     seconds = time.time() - start
     metrics = trainer.evaluate()
     saved = save_outcome(model, run_dir / "best-adapter", info, cfg.method)

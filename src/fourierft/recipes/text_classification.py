@@ -20,7 +20,7 @@ from fourierft.inject import default_target_modules
 
 from .baselines import prepare_baseline
 from .config import TrainConfig
-from .engine import mixed_precision, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
+from .engine import mixed_precision, resume_checkpoint, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
 from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
 
 __all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge"]
@@ -248,7 +248,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     trainer.shuffle = cfg.shuffle
     before = trainer.evaluate() if cfg.eval_before else None
     start = time.time()
-    trainer.train(resume_from_checkpoint=bool(cfg.resume) or None)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
     seconds = time.time() - start
     metrics = trainer.evaluate()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
