@@ -134,3 +134,16 @@ def test_lm_comparison_methods(tiny_gpt2_dir, e2e_files, tmp_path, method):
     else:
         assert result["trainable_parameters"] == sum(p.numel() for p in result["model"].parameters())
     assert "bleu" in result and result["saved_bytes"] > 0
+
+
+def test_only_the_main_process_writes_the_run_outputs(tiny_gpt2_dir, e2e_files, tmp_path, monkeypatch):
+    """Under torchrun every process runs train(); only rank 0 may write the adapter, results and plots."""
+    from transformers import Trainer
+
+    monkeypatch.setattr(Trainer, "is_world_process_zero", lambda self: False)
+    cfg = lm.LMConfig(model=tiny_gpt2_dir, task="e2e", train_file=str(e2e_files[0]), eval_file=str(e2e_files[1]), output_dir=str(tmp_path / "run"),
+                      n_frequency=50, scaling=20.0, lr=0.05, epochs=1, batch_size=8, max_new_tokens=4)
+    result = lm.train(cfg, quiet=True)
+    assert result["saved_bytes"] is None
+    for name in ("adapter", "results.json", "plots", "generations.jsonl"):
+        assert not (tmp_path / "run" / name).exists(), name

@@ -124,3 +124,15 @@ def test_eval_and_predict_with_a_saved_image_adapter(arrays, tmp_path, capsys):
     cli.main(["predict", "--adapter", adapter, "--file", str(arrays / "eval.npz"), "--out", str(tmp_path / "p.jsonl"), *factory])
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 40 and {r["label"] for r in rows} <= {"left", "right"}
+
+
+def test_only_the_main_process_writes_the_run_outputs(arrays, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    monkeypatch.setattr(Trainer, "is_world_process_zero", lambda self: False)
+    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_data=str(arrays / "train.npz"), eval_data=str(arrays / "eval.npz"),
+                         output_dir=str(tmp_path / "cnn"), image_size=16, target_modules=["0", "2"], head=["6"], n_frequency=100, epochs=1, batch_size=16)
+    result = ic.train(cfg, quiet=True)
+    assert result["saved_bytes"] is None
+    for name in ("best-adapter", "results.json", "plots"):
+        assert not (tmp_path / "cnn" / name).exists(), name

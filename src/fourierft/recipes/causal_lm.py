@@ -24,7 +24,7 @@ from fourierft.inject import default_target_modules
 from .baselines import prepare_baseline
 from .config import RunSettings
 from .data import DataError
-from .engine import mixed_precision, resume_checkpoint, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
+from .engine import finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
 
 __all__ = ["LMConfig", "LM_PRESETS", "read_e2e", "read_instructions", "build_prompt", "encode_pair", "train", "generate"]
 
@@ -237,14 +237,12 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
     start = time.time()
     trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
     seconds = time.time() - start
-    saved = save_outcome(model, run_dir / "adapter", info, cfg.method, tokenizer)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    results = {"train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable, "saved_bytes": saved}
+    results = {"train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable}
     if eval_pairs:
-        results["eval_loss"] = trainer.evaluate()["eval_loss"]
-        results.update(score(model, tokenizer, cfg, run_dir / "generations.jsonl"))
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot_run(run_dir)
+        results["eval_loss"] = trainer.evaluate()["eval_loss"]  # every process takes part
+    generations = (lambda r: r.update(score(model, tokenizer, cfg, run_dir / "generations.jsonl"))) if eval_pairs else None
+    results["saved_bytes"] = finish_run(trainer, model, run_dir / "adapter", info, cfg.method, results, tokenizer, before_write=generations)
     return {**results, "run_dir": str(run_dir), "model": model}
 
 

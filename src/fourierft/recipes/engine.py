@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUN_INFO", "resume_checkpoint", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
+__all__ = ["RUN_INFO", "finish_run", "resume_checkpoint", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
 
 RUN_INFO = "run_info.json"
 
@@ -110,6 +110,21 @@ def start_run(cfg, quiet: bool) -> Path:
         print(f"resolved config (saved to {run_dir / 'config.yaml'}):\n{resolved}")
     set_seed(cfg.seed)
     return run_dir
+
+
+def finish_run(trainer, model, directory: Path, info: dict, method: str, summary: dict, tokenizer=None, before_write=None) -> int | None:
+    """The one place a run's outputs are written, on the main process only (torchrun / accelerate):
+    the adapter (or a comparison method's tensors), results.json and plots. Returns the bytes saved
+    (None on other processes). ``before_write(summary)`` adds rank-0-only results (e.g. generations)."""
+    if not trainer.is_world_process_zero():
+        return None
+    saved = save_outcome(model, directory, info, method, tokenizer)
+    summary["saved_bytes"] = saved
+    if before_write is not None:
+        before_write(summary)
+    (Path(directory).parent / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_run(Path(directory).parent)
+    return saved
 
 
 def save_outcome(model, directory: Path, info: dict, method: str, tokenizer=None) -> int:

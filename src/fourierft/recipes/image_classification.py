@@ -22,7 +22,7 @@ from fourierft.inject import default_target_modules
 from .baselines import prepare_baseline
 from .config import RunSettings
 from .data import DataError
-from .engine import mixed_precision, resume_checkpoint, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
+from .engine import finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
 
 __all__ = ["ImageConfig", "IMAGE_PRESETS", "ImageSet", "read_image_folder", "read_arrays", "train"]
 
@@ -230,11 +230,9 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
     seconds = time.time() - start
     metrics = trainer.evaluate()
-    saved = save_outcome(model, run_dir / "best-adapter", info, cfg.method)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    summary = {"eval": metrics, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable, "saved_bytes": saved}
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_run(run_dir)
+    summary = {"eval": metrics, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable}
+    summary["saved_bytes"] = finish_run(trainer, model, run_dir / "best-adapter", info, cfg.method, summary)
     return {**summary, "run_dir": str(run_dir), "model": model}
 
 

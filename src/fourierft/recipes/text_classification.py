@@ -20,7 +20,7 @@ from fourierft.inject import default_target_modules
 
 from .baselines import prepare_baseline
 from .config import TrainConfig
-from .engine import mixed_precision, resume_checkpoint, start_run, plot_run, read_run_info, save_outcome, trainer_classes, warmup
+from .engine import finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
 from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
 
 __all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge"]
@@ -252,12 +252,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     seconds = time.time() - start
     metrics = trainer.evaluate()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    saved = None
-    if trainer.is_world_process_zero():
-        saved = save_outcome(model, run_dir / "best-adapter", info, cfg.method, tokenizer)
-        summary = {"eval": metrics, "eval_before": before, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable, "saved_bytes": saved}
-        (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-        plot_run(run_dir)
+    summary = {"eval": metrics, "eval_before": before, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable}
+    saved = finish_run(trainer, model, run_dir / "best-adapter", info, cfg.method, summary, tokenizer)
     return {"eval": metrics, "eval_before": before, "train_seconds": seconds, "run_dir": str(run_dir), "model": model, "trainable_parameters": trainable, "saved_bytes": saved}
 
 
