@@ -189,3 +189,35 @@ def test_remote_code_is_never_trusted_by_the_library():
     src = Path(__file__).parents[1] / "src" / "fourierft"
     offenders = [p.name for p in src.rglob("*.py") if "trust_remote_code=True" in p.read_text()]
     assert offenders == []
+
+
+@pytest.mark.parametrize("how", ["greedy", "beams", "sampling"])
+def test_generate_with_one_adapter_per_prompt_matches_each_alone(how):
+    """Beams and returned sequences expand the per-prompt adapter list; every prompt's output equals
+    generating it alone with its adapter active."""
+    from conftest import tiny_llama
+
+    torch.manual_seed(0)
+    model = get_fourierft_model(tiny_llama(), FourierFTConfig(n_frequency=40, scaling=300.0, target_modules=["q_proj", "v_proj"]), "a")
+    torch.manual_seed(1)
+    model.add_adapter("b", FourierFTConfig(n_frequency=40, scaling=300.0, target_modules=["q_proj", "v_proj"]))
+    model.eval()
+    prompts = torch.randint(2, 100, (3, 6), generator=torch.Generator().manual_seed(2))
+    names = ["a", "b", "__base__"]
+    kwargs = {"greedy": dict(do_sample=False), "beams": dict(num_beams=3, num_return_sequences=2, do_sample=False), "sampling": dict(do_sample=True, num_return_sequences=2, top_k=1)}[how]  # top_k=1: the sampling path, deterministic
+    kwargs.update(max_new_tokens=6, pad_token_id=0)
+
+    def run(ids, adapter_names=None):
+        torch.manual_seed(7)
+        return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=adapter_names, **kwargs)
+
+    together = run(prompts, names)
+    per = together.shape[0] // len(names)
+    for i, name in enumerate(names):
+        if name == "__base__":
+            with model.disable_adapter():
+                alone = run(prompts[i : i + 1])
+        else:
+            model.set_adapter(name)
+            alone = run(prompts[i : i + 1])
+        assert torch.equal(together[i * per : (i + 1) * per], alone), (how, name)

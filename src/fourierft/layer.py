@@ -39,7 +39,14 @@ __all__ = [
 ]
 
 BASE_ADAPTER = "__base__"  # in per-example adapter lists: no adapter for this row
-_ROW_ADAPTERS: ContextVar[tuple[str, ...] | None] = ContextVar("fourierft_row_adapters", default=None)
+_ROW_ADAPTERS: ContextVar[RowAdapters | None] = ContextVar("fourierft_row_adapters", default=None)
+
+
+class RowAdapters(tuple):
+    """Per-row adapter names; ``expands``: a batch k times as long repeats each name k times in a row
+    (generate's beams and returned sequences: transformers expands inputs with repeat_interleave)."""
+
+    expands = False
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
@@ -48,9 +55,12 @@ _LOCK = threading.Lock()
 
 
 @contextmanager
-def per_example_adapters(names):
-    """Within the block, row i of every batch uses adapter names[i] (BASE_ADAPTER: none)."""
-    token = _ROW_ADAPTERS.set(tuple(names))
+def per_example_adapters(names, expands: bool = False):
+    """Within the block, row i of every batch uses adapter names[i] (BASE_ADAPTER: none). With
+    ``expands`` (generation), a batch k times longer gives row i the name names[i // k]."""
+    rows = RowAdapters(names)
+    rows.expands = expands
+    token = _ROW_ADAPTERS.set(rows)
     with _LOCK:
         _OPEN_ROW_CONTEXTS[0] += 1
     try:
@@ -79,7 +89,10 @@ def check_adapter_name(name: str) -> str:
 
 def _row_groups(names, n_rows, device):
     if len(names) != n_rows:
-        raise ValueError(f"adapter_names has {len(names)} entries but the batch has {n_rows} rows; give one name per row")
+        if getattr(names, "expands", False) and names and n_rows % len(names) == 0:
+            names = [n for n in names for _ in range(n_rows // len(names))]
+        else:
+            raise ValueError(f"adapter_names has {len(names)} entries but the batch has {n_rows} rows; give one name per row")
     for name in dict.fromkeys(names):
         yield name, torch.tensor([i for i, n in enumerate(names) if n == name], device=device)
 

@@ -52,17 +52,19 @@ class FourierFTModel(nn.Module):
             return self.model(*args, **kwargs)
 
     def generate(self, *args, adapter_names=None, **kwargs):
+        """The model's generate, plus ``adapter_names=[...]``: one adapter per prompt, kept by the
+        prompt's beams and returned sequences (greedy, sampling and beam search)."""
         if adapter_names is None:
             return self.model.generate(*args, **kwargs)
-        with self._rows_use(adapter_names):
+        with self._rows_use(adapter_names, expands=True):
             return self.model.generate(*args, **kwargs)
 
     @contextmanager
-    def _rows_use(self, adapter_names):
+    def _rows_use(self, adapter_names, expands=False):
         unknown = sorted(set(adapter_names) - set(self.peft_config) - {BASE_ADAPTER})
         if unknown:
             raise ValueError(f"adapter_names holds unknown adapters {unknown}; known: {sorted(self.peft_config)} and {BASE_ADAPTER!r}")
-        with per_example_adapters(adapter_names):
+        with per_example_adapters(adapter_names, expands=expands):
             yield
 
     def __getattr__(self, name):
