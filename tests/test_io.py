@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model
-from fourierft.io import read_adapter
+from fourierft import read_adapter_files
 
 
 def saved(tmp_path, **kwargs):
@@ -100,7 +100,7 @@ def test_unknown_config_keys_warn_and_hub_ids_go_to_the_hub(tmp_path, monkeypatc
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "future_option": 1, "auto_mapping": None}))
     with pytest.warns(UserWarning, match="future_option"):
-        read_adapter(tmp_path)
+        read_adapter_files(tmp_path)
 
     calls = {}
 

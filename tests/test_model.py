@@ -238,4 +238,18 @@ def test_import_does_not_load_transformers():
 
 
 def test_public_api_is_small_and_explicit():
-    assert set(fourierft.__all__) == {"BASE_ADAPTER", "FourierFTConfig", "FourierFTModel", "accelerate_peft", "functional", "get_fourierft_model", "param_groups"}
+    assert set(fourierft.__all__) == {
+        "AdapterFileError", "BASE_ADAPTER", "FourierFTConfig", "FourierFTModel", "accelerate_peft", "default_target_modules",
+        "functional", "get_fourierft_model", "param_groups", "read_adapter_files",
+    }
+
+
+def test_recipes_and_cli_use_only_the_public_api():
+    """The command line and recipes import fourierft's top-level names only (no io / state / inject / layer / kernels)."""
+    import re
+    from pathlib import Path
+
+    src = Path(fourierft.__file__).parent
+    private = re.compile(r"from fourierft\.(io|state|inject|layer|kernels|spectral)\b|import fourierft\.(io|state|inject|layer|kernels)|from \.\.(io|state|inject|layer|kernels)\b")
+    offenders = [p.name for p in (src / "recipes").glob("*.py") if private.search(p.read_text())]
+    assert offenders == []

@@ -7,19 +7,24 @@
 
 from . import functional
 from .config import FourierFTConfig
+from .inject import default_target_modules
+from .io import AdapterFileError
 from .layer import BASE_ADAPTER
-from .model import FourierFTModel, get_fourierft_model
+from .model import FourierFTModel, get_fourierft_model, read_adapter_files
 from .optim import param_groups
 from .peft_compat import accelerate_peft
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterFileError",
     "BASE_ADAPTER",
     "FourierFTConfig",
     "FourierFTModel",
     "accelerate_peft",
+    "default_target_modules",
     "functional",
     "get_fourierft_model",
     "param_groups",
+    "read_adapter_files",
 ]

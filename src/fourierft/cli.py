@@ -28,12 +28,13 @@ def _require(*modules: str, extra: str = "train") -> None:
 def inspect_adapter(path: str, lora_rank: int = 8) -> dict:
     """Summary of a saved adapter directory (ours or PEFT's): config, layers, parameters, size, LoRA's count.
 
-    The files are read and checked as loading does (``fourierft.io.read_adapter``): a damaged or
+    The files are read and checked as loading does (``fourierft.read_adapter_files``): a damaged or
     inconsistent adapter is an error here too, never a normal-looking summary.
     """
-    from .io import WEIGHTS_NAME, read_adapter
+    from .io import WEIGHTS_NAME
+    from .model import read_adapter_files
 
-    config, state, metadata, directory = read_adapter(path) if Path(path).is_dir() else _not_a_directory(path)
+    config, state, metadata, directory = read_adapter_files(path) if Path(path).is_dir() else _not_a_directory(path)
     weights = directory / WEIGHTS_NAME
     layers, other, coefficients = [], [], 0
     for key, tensor in sorted(state.items()):

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["FourierFTConfig", "PEFT_TYPE", "EXTENDED_PEFT_TYPE"]
+__all__ = ["FourierFTConfig", "PEFT_TYPE", "EXTENDED_PEFT_TYPE", "PEFT_FIELDS"]
 
 PEFT_TYPE = "FOURIERFT"
 # Written for adapters that use features PEFT lacks: PEFT fails loudly on an unknown peft_type
@@ -21,6 +21,12 @@ EXTENDED_PEFT_TYPE = "FOURIERFT_EXTENDED"
 
 _BIAS = ("none", "all", "fourier_only")
 _SAMPLERS = ("uniform", "frequency-bias")
+# The fields PEFT's FourierFTConfig has: what a file in PEFT's format holds.
+PEFT_FIELDS = (
+    "n_frequency", "scaling", "random_loc_seed", "target_modules", "exclude_modules", "fan_in_fan_out", "bias",
+    "modules_to_save", "layers_to_transform", "layers_pattern", "n_frequency_pattern", "init_weights",
+    "base_model_name_or_path", "task_type", "inference_mode", "revision",
+)
 # PEFT bookkeeping keys found in adapter_config.json that carry no meaning here.
 _PEFT_ONLY_KEYS = {"peft_type", "auto_mapping", "peft_version", "modules_to_tie", "ensure_weight_tying"}
 
@@ -153,6 +159,14 @@ class FourierFTConfig:
             if isinstance(d[key], tuple):
                 d[key] = list(d[key])
         return d
+
+    def file_dict(self, peft_format: bool) -> dict[str, Any]:
+        """What adapter_config.json holds: PEFT's fields and peft_type "FOURIERFT" when PEFT can rebuild
+        the adapter from them, else every field and "FOURIERFT_EXTENDED" (which PEFT refuses loudly)."""
+        full = self.to_dict()
+        out = {k: full[k] for k in PEFT_FIELDS} if peft_format else full
+        out["peft_type"] = PEFT_TYPE if peft_format else EXTENDED_PEFT_TYPE
+        return out
 
     @property
     def uses_extensions(self) -> bool:

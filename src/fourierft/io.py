@@ -1,10 +1,6 @@
-"""Adapter files: ``adapter_config.json`` + ``adapter_model.safetensors``, in PEFT's layout.
-
-Adapters PEFT can express (Linear / Conv1D targets, uniform positions, one scaling, no fused
-slices, no clamped n) are written exactly as PEFT writes them (peft_type "FOURIERFT"), so
-``peft.PeftModel.from_pretrained`` loads them. Others get peft_type "FOURIERFT_EXTENDED", which
-PEFT refuses loudly. The safetensors metadata records, per distinct position set, the sampler
-and a fingerprint of the positions; loading regenerates the positions and checks them.
+"""Adapter files: ``adapter_config.json`` + ``adapter_model.safetensors``, in PEFT's layout. Dicts in,
+dicts out: ``write_adapter(directory, config_dict, tensors, metadata)`` and ``read_adapter(path)``;
+what goes in them (PEFT's fields, the layer records) is decided by ``config`` and ``state``.
 
 A save replaces the config and the weights together: both are written into a temporary sibling
 directory that is swapped in atomically (``_replace_files``), so a crash leaves the old or the new
@@ -25,11 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import EXTENDED_PEFT_TYPE, PEFT_TYPE, FourierFTConfig
-from .functional import SAMPLERS, positions_fingerprint
-from .inject import adapter_layers, pattern_value
+from .config import EXTENDED_PEFT_TYPE, PEFT_TYPE
 
-__all__ = ["AdapterFileError", "CONFIG_NAME", "WEIGHTS_NAME", "write_adapter", "read_adapter", "positions_metadata", "check_positions", "check_layers", "check_values"]
+__all__ = ["AdapterFileError", "CONFIG_NAME", "WEIGHTS_NAME", "CHECKSUM_KEY", "write_adapter", "read_adapter", "tensors_checksum"]
 
 
 class AdapterFileError(ValueError):
@@ -41,11 +35,6 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = "1"
 MAX_CONFIG_BYTES = 1 << 20  # an adapter_config.json is a few hundred bytes
 CHECKSUM_KEY = "fourierft.sha256"  # of the tensors' names, dtypes, shapes and bytes
-_PEFT_FIELDS = (
-    "n_frequency scaling random_loc_seed target_modules exclude_modules fan_in_fan_out bias modules_to_save "
-    "layers_to_transform layers_pattern n_frequency_pattern init_weights base_model_name_or_path task_type "
-    "inference_mode revision"
-).split()
 
 
 _TMP_MARK = ".fourierft-tmp-"  # temporary siblings of an adapter directory while it is replaced
@@ -153,60 +142,12 @@ def _replace_files(directory: Path, files: dict[str, object]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def peft_expressible(model, config: FourierFTConfig, adapter_name: str) -> bool:
-    """True if PEFT's FourierFT would rebuild exactly this adapter from its config."""
-    from .layer import FourierFTLinear
-
-    if config.uses_extensions:
-        return False
-    for name, layer in adapter_layers(model):
-        spec = layer.specs.get(adapter_name)
-        if spec is None:
-            continue
-        if type(layer) is not FourierFTLinear or spec.n != pattern_value(config.n_frequency_pattern, name, config.n_frequency):
-            return False
-    return True
 
 
-def positions_metadata(model, adapter_name: str) -> dict[str, str]:
-    """{"fourierft.positions.<d_out>x<d_in>.n<n>.seed<s>.<sampler id>": fingerprint} for the adapter's layers."""
-    meta = {}
-    for _, layer in adapter_layers(model):
-        spec = layer.specs.get(adapter_name)
-        if spec is not None:
-            rows, cols = layer.positions(adapter_name)
-            key = f"fourierft.positions.{spec.grid}x{layer.d_in}.n{spec.n}.seed{spec.seed}.{SAMPLERS[spec.sampler]}"
-            if spec.sampler == "frequency-bias":
-                key += f".fc{spec.f_c:g}.w{spec.width:g}"
-            meta[key] = positions_fingerprint(rows, cols)
-    return meta
 
 
-def layers_metadata(model, adapter_name: str) -> str:
-    """JSON {layer: {d_out, d_in, grid_rows, n, slices, scaling, seed, sampler}} for tools that read files alone."""
-    layers = {}
-    for name, layer in adapter_layers(model):
-        spec = layer.specs.get(adapter_name)
-        if spec is not None:
-            layers[name] = {
-                "d_out": layer.d_out, "d_in": layer.d_in, "grid_rows": spec.grid, "n": spec.n, "slices": [list(s) for s in spec.slices],
-                "scaling": spec.scaling, "seed": spec.seed, "sampler": spec.sampler, "f_c": spec.f_c, "width": spec.width, "type": type(layer).__name__,
-            }
-    return json.dumps(layers, sort_keys=True)
 
 
-def check_positions(model, adapter_name: str, metadata: dict[str, str], source: str) -> None:
-    recorded = {k: v for k, v in metadata.items() if k.startswith("fourierft.positions.")}
-    if not recorded:
-        return  # a PEFT-written file: positions come from PEFT's own seeded randperm
-    current = positions_metadata(model, adapter_name)
-    bad = sorted(k for k in current if recorded.get(k) != current[k])
-    if bad:
-        raise ValueError(
-            f"{source}: the spectral positions regenerated from the seed differ from those the adapter was trained "
-            f"with ({bad[0]}{' and others' if len(bad) > 1 else ''}). The random number generator or sampler changed; "
-            "load it with the torch / fourierft version that wrote it"
-        )
 
 
 def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -219,63 +160,19 @@ def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def check_layers(model, adapter_name: str, metadata: dict[str, str], source: str) -> None:
-    """The adapter built from the config must be the one the file was written from (shapes, n, slices,
-    scaling, seed, sampler per layer), when the file records it."""
-    recorded = metadata.get("fourierft.layers")
-    if recorded is None:
-        return  # a PEFT-written file
-    try:
-        recorded = json.loads(recorded)
-    except json.JSONDecodeError:
-        raise AdapterFileError(f"{source}: the weights file's fourierft.layers metadata is not valid JSON; the file is damaged") from None
-    current = json.loads(layers_metadata(model, adapter_name))
-    if not isinstance(recorded, dict) or set(recorded) != set(current):
-        raise AdapterFileError(f"{source}: adapter_config.json adapts other layers than the weights file was written for; the two files do not belong together")
-    for layer, fields in current.items():
-        theirs = recorded[layer] if isinstance(recorded[layer], dict) else {}
-        for key, value in fields.items():
-            if theirs.get(key) != value:
-                raise AdapterFileError(
-                    f"{source}: layer {layer}: {key} is {value!r} from adapter_config.json but {theirs.get(key)!r} in the weights "
-                    "file's metadata; the config was edited or the files do not belong together"
-                )
 
 
-def check_values(model, adapter_name: str, source: str) -> None:
-    """Finite coefficients, and a dW no larger than 1e6 x the base weight's largest entry (bounded
-    without forming dW: |dW[p, q]| <= scaling * sum |c| / (grid_rows * d_in))."""
-    for name, layer in adapter_layers(model):
-        spec = layer.specs.get(adapter_name)
-        if spec is None:
-            continue
-        coeffs = layer.fourierft_spectrum[adapter_name].detach().double()
-        if not torch.isfinite(coeffs).all():
-            raise AdapterFileError(f"{source}: {name}: the coefficients hold NaN or Inf values; the adapter is broken")
-        bound = spec.scaling * coeffs.abs().sum(-1).max().item() / (spec.grid * layer.d_in)
-        largest = layer.weight_matrix().detach().abs().max().item()
-        if not bound <= 1e6 * max(largest, 1e-6):
-            raise AdapterFileError(
-                f"{source}: {name}: scaling {spec.scaling:g} times these coefficients gives weight updates up to {bound:.3g}, "
-                f"against base weights of at most {largest:.3g}; the adapter or its scaling is broken"
-            )
 
 
-def write_adapter(directory, config: FourierFTConfig, state: dict[str, torch.Tensor], model, adapter_name: str) -> Path:
+def write_adapter(directory, config: dict, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``adapter_config.json`` (``config``) and ``adapter_model.safetensors`` (``tensors`` with
+    ``metadata`` plus the format version and a checksum of the tensors) into ``directory``, together."""
     directory = Path(directory)
-    compatible = peft_expressible(model, config, adapter_name)
-    full = config.to_dict()
-    payload = {k: full[k] for k in _PEFT_FIELDS} if compatible else full
-    payload["peft_type"] = PEFT_TYPE if compatible else EXTENDED_PEFT_TYPE
-    if any(getattr(layer, "transposed", False) for _, layer in adapter_layers(model) if adapter_name in layer.specs):
-        payload["fan_in_fan_out"] = True  # what PEFT records for GPT-2 Conv1D targets
-    metadata = {
-        "format": "pt", "fourierft_format": FORMAT_VERSION, **positions_metadata(model, adapter_name),
-        "fourierft.layers": layers_metadata(model, adapter_name), CHECKSUM_KEY: tensors_checksum(state),
-    }
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    _replace_files(directory, {WEIGHTS_NAME: lambda path: save_file(state, str(path), metadata=metadata), CONFIG_NAME: lambda path: path.write_text(text)})
+    metadata = {"format": "pt", "fourierft_format": FORMAT_VERSION, **metadata, CHECKSUM_KEY: tensors_checksum(tensors)}
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _replace_files(directory, {WEIGHTS_NAME: lambda path: save_file(tensors, str(path), metadata=metadata), CONFIG_NAME: lambda path: path.write_text(text)})
     return directory
+
 
 
 def _resolve(path_or_id: str, subfolder: str | None, **hub_kwargs) -> Path:
@@ -347,51 +244,16 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return state, metadata
 
 
-def check_file(config: FourierFTConfig, state: dict[str, torch.Tensor], metadata: dict[str, str], source: str) -> None:
-    """What can be checked without the base model: finite coefficients and, when the file records its
-    layers, the config's per-layer n, scaling and seed against that record and the tensor shapes."""
-    for key, t in state.items():
-        if key.endswith("fourierft_spectrum") and not torch.isfinite(t).all():
-            raise AdapterFileError(f"{source}: {key} holds NaN or Inf values; the adapter is broken")
-    recorded = metadata.get("fourierft.layers")
-    if recorded is None:
-        return
-    try:
-        layers = json.loads(recorded)
-        assert isinstance(layers, dict) and all(isinstance(v, dict) for v in layers.values())
-    except (json.JSONDecodeError, AssertionError):
-        raise AdapterFileError(f"{source}: the weights file's fourierft.layers metadata is damaged") from None
-    spectra = {k.removeprefix("base_model.model.").removesuffix(".fourierft_spectrum") for k in state if k.endswith("fourierft_spectrum")}
-    if spectra != set(layers):
-        raise AdapterFileError(f"{source}: the coefficient tensors do not match the layers the file records; the file is damaged")
-    for name, rec in layers.items():
-        n = pattern_value(config.n_frequency_pattern, name, config.n_frequency)
-        if config.clamp_n_frequency and isinstance(rec.get("grid_rows"), int) and isinstance(rec.get("d_in"), int):
-            n = min(n, rec["grid_rows"] * rec["d_in"])
-        expected = {"scaling": float(pattern_value(config.scaling_pattern, name, config.scaling)), "n": n, "seed": config.random_loc_seed}
-        for field, value in expected.items():
-            if rec.get(field) != value:
-                raise AdapterFileError(
-                    f"{source}: layer {name}: adapter_config.json gives {field} {value!r} but the weights were written with "
-                    f"{rec.get(field)!r}; the config was edited or the files do not belong together"
-                )
-        shape = tuple(state[f"base_model.model.{name}.fourierft_spectrum"].shape)
-        slices = rec.get("slices") or [None]
-        if shape != ((n,) if len(slices) == 1 else (len(slices), n)):
-            raise AdapterFileError(f"{source}: {name} coefficients have shape {shape}, not the recorded {len(slices)} x {n}")
 
 
-def read_adapter(path_or_id, subfolder: str | None = None, **hub_kwargs) -> tuple[FourierFTConfig, dict[str, torch.Tensor], dict[str, str], Path]:
-    """Config, tensors and safetensors metadata of a saved adapter (local directory or hub id).
+def read_adapter(path_or_id, subfolder: str | None = None, **hub_kwargs) -> tuple[dict, dict[str, torch.Tensor], dict[str, str], Path]:
+    """(config dict, tensors, safetensors metadata, directory) of a saved adapter (local directory or hub id).
 
-    Every problem with the files is an ``AdapterFileError`` (a ValueError) that names the file.
+    The bytes are checked here (size, UTF-8 JSON, a FourierFT peft_type, readable safetensors, float
+    tensors, the recorded checksum); what they mean is checked against the model by ``state``. Every
+    problem is an ``AdapterFileError`` (a ValueError) naming the file, or FileNotFoundError.
     """
     directory = _resolve(str(path_or_id), subfolder, **hub_kwargs)
     raw = _read_config(directory / CONFIG_NAME)
-    try:
-        config = FourierFTConfig.from_dict(raw)
-    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:
-        raise AdapterFileError(f"{directory / CONFIG_NAME}: {err}") from None
-    state, metadata = _read_weights(directory / WEIGHTS_NAME)
-    check_file(config, state, metadata, str(directory))
-    return config, state, metadata, directory
+    tensors, metadata = _read_weights(directory / WEIGHTS_NAME)
+    return raw, tensors, metadata, directory

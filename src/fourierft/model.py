@@ -13,11 +13,11 @@ from torch import nn
 
 from .config import FourierFTConfig
 from .inject import adapter_layers, default_target_modules, inject_adapter, modules_to_save_wrappers, replace_module, set_trainable
-from .io import AdapterFileError, check_layers, check_positions, check_values, read_adapter, write_adapter
+from .io import CONFIG_NAME, AdapterFileError, read_adapter, write_adapter
 from .layer import BASE_ADAPTER, check_adapter_name, check_mode, per_example_adapters
-from .state import adapter_state_dict, load_adapter_state_dict
+from .state import adapter_metadata, adapter_state_dict, check_file, check_layers, check_positions, check_values, load_adapter_state_dict, peft_expressible
 
-__all__ = ["FourierFTModel", "get_fourierft_model"]
+__all__ = ["FourierFTModel", "get_fourierft_model", "read_adapter_files"]
 
 
 class FourierFTModel(nn.Module):
@@ -253,13 +253,15 @@ class FourierFTModel(nn.Module):
                 base_name = getattr(getattr(self.model, "config", None), "name_or_path", None) or None
                 config = config.replace(base_model_name_or_path=base_name)
             directory = Path(save_directory) if name == "default" else Path(save_directory) / name
-            state = adapter_state_dict(self.model, name, config.bias)
-            write_adapter(directory, config, state, self.model, name)
+            payload = config.file_dict(peft_format=peft_expressible(self.model, config, name))
+            if any(getattr(layer, "transposed", False) for _, layer in self._layers() if name in layer.specs):
+                payload["fan_in_fan_out"] = True  # what PEFT records for GPT-2 Conv1D targets
+            write_adapter(directory, payload, adapter_state_dict(self.model, name, config.bias), adapter_metadata(self.model, name))
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path_or_id, adapter_name: str = "default", is_trainable: bool = False, subfolder: str | None = None, **hub_kwargs) -> FourierFTModel:
         """Wrap ``model`` with a saved adapter (ours or PEFT's FourierFT), from a directory or a hub id."""
-        config, state, metadata, directory = read_adapter(path_or_id, subfolder, **hub_kwargs)
+        config, state, metadata, directory = _read(path_or_id, subfolder, **hub_kwargs)
         try:
             wrapped = cls(model, config.replace(inference_mode=not is_trainable), adapter_name)
             wrapped._load_state(adapter_name, state, metadata, str(directory))
@@ -271,7 +273,7 @@ class FourierFTModel(nn.Module):
         return wrapped
 
     def load_adapter(self, path_or_id, adapter_name: str, is_trainable: bool = False, subfolder: str | None = None, **hub_kwargs) -> None:
-        config, state, metadata, directory = read_adapter(path_or_id, subfolder, **hub_kwargs)
+        config, state, metadata, directory = _read(path_or_id, subfolder, **hub_kwargs)
         try:
             self.add_adapter(adapter_name, config.replace(inference_mode=not is_trainable))
         except (TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError, RuntimeError) as err:
@@ -288,7 +290,7 @@ class FourierFTModel(nn.Module):
         name = adapter_name or self.active_adapter
         if name not in self.peft_config:
             raise ValueError(f"no adapter {name!r} to load weights into; known: {sorted(self.peft_config)}")
-        _, state, metadata, directory = read_adapter(path_or_id, subfolder, **hub_kwargs)
+        _, state, metadata, directory = _read(path_or_id, subfolder, **hub_kwargs)
         self._load_state(name, state, metadata, str(directory))
 
     def _load_state(self, adapter_name, state, metadata, source):
@@ -318,6 +320,20 @@ def _class_for(base_cls: type) -> type:
     forward.__doc__ = FourierFTModel.forward.__doc__
     name = f"FourierFTModel[{base_cls.__name__}]"
     return type(name, (FourierFTModel,), {"forward": forward, "__module__": __name__, "__qualname__": name})
+
+
+def read_adapter_files(path_or_id, subfolder: str | None = None, **hub_kwargs) -> tuple[FourierFTConfig, dict, dict, Path]:
+    """(config, tensors, metadata, directory) of a saved adapter, with every check that needs no model."""
+    raw, state, metadata, directory = read_adapter(path_or_id, subfolder, **hub_kwargs)
+    try:
+        config = FourierFTConfig.from_dict(raw)
+    except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:
+        raise AdapterFileError(f"{directory / CONFIG_NAME}: {err}") from None
+    check_file(config, state, metadata, str(directory))
+    return config, state, metadata, directory
+
+
+_read = read_adapter_files
 
 
 def _restore_base(model: nn.Module) -> None:

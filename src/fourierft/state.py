@@ -9,14 +9,21 @@ Keys (adapter name removed, as in PEFT):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from .inject import adapter_layers, modules_to_save_wrappers
+from .config import FourierFTConfig
+from .functional import SAMPLERS, positions_fingerprint
+from .inject import adapter_layers, modules_to_save_wrappers, pattern_value
+from .io import AdapterFileError
 
-__all__ = ["PREFIX", "adapter_state_dict", "load_adapter_state_dict"]
+__all__ = [
+    "PREFIX", "adapter_state_dict", "load_adapter_state_dict", "adapter_metadata", "peft_expressible",
+    "check_file", "check_layers", "check_positions", "check_values",
+]
 
 PREFIX = "base_model.model."
 
@@ -80,3 +87,141 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], ad
         if value.shape != target.shape:
             raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(target.shape)}")
         target.copy_(value.to(target.dtype))
+
+
+# ---- what the files record about the model, and the checks against it ----
+def adapter_metadata(model: nn.Module, adapter_name: str) -> dict[str, str]:
+    """Safetensors metadata describing the adapter's layers: position fingerprints and layer records."""
+    return {**positions_metadata(model, adapter_name), "fourierft.layers": layers_metadata(model, adapter_name)}
+
+
+def peft_expressible(model, config: FourierFTConfig, adapter_name: str) -> bool:
+    """True if PEFT's FourierFT would rebuild exactly this adapter from its config."""
+    from .layer import FourierFTLinear
+
+    if config.uses_extensions:
+        return False
+    for name, layer in adapter_layers(model):
+        spec = layer.specs.get(adapter_name)
+        if spec is None:
+            continue
+        if type(layer) is not FourierFTLinear or spec.n != pattern_value(config.n_frequency_pattern, name, config.n_frequency):
+            return False
+    return True
+
+
+def positions_metadata(model, adapter_name: str) -> dict[str, str]:
+    """{"fourierft.positions.<d_out>x<d_in>.n<n>.seed<s>.<sampler id>": fingerprint} for the adapter's layers."""
+    meta = {}
+    for _, layer in adapter_layers(model):
+        spec = layer.specs.get(adapter_name)
+        if spec is not None:
+            rows, cols = layer.positions(adapter_name)
+            key = f"fourierft.positions.{spec.grid}x{layer.d_in}.n{spec.n}.seed{spec.seed}.{SAMPLERS[spec.sampler]}"
+            if spec.sampler == "frequency-bias":
+                key += f".fc{spec.f_c:g}.w{spec.width:g}"
+            meta[key] = positions_fingerprint(rows, cols)
+    return meta
+
+
+def layers_metadata(model, adapter_name: str) -> str:
+    """JSON {layer: {d_out, d_in, grid_rows, n, slices, scaling, seed, sampler}} for tools that read files alone."""
+    layers = {}
+    for name, layer in adapter_layers(model):
+        spec = layer.specs.get(adapter_name)
+        if spec is not None:
+            layers[name] = {
+                "d_out": layer.d_out, "d_in": layer.d_in, "grid_rows": spec.grid, "n": spec.n, "slices": [list(s) for s in spec.slices],
+                "scaling": spec.scaling, "seed": spec.seed, "sampler": spec.sampler, "f_c": spec.f_c, "width": spec.width, "type": type(layer).__name__,
+            }
+    return json.dumps(layers, sort_keys=True)
+
+
+def check_positions(model, adapter_name: str, metadata: dict[str, str], source: str) -> None:
+    recorded = {k: v for k, v in metadata.items() if k.startswith("fourierft.positions.")}
+    if not recorded:
+        return  # a PEFT-written file: positions come from PEFT's own seeded randperm
+    current = positions_metadata(model, adapter_name)
+    bad = sorted(k for k in current if recorded.get(k) != current[k])
+    if bad:
+        raise ValueError(
+            f"{source}: the spectral positions regenerated from the seed differ from those the adapter was trained "
+            f"with ({bad[0]}{' and others' if len(bad) > 1 else ''}). The random number generator or sampler changed; "
+            "load it with the torch / fourierft version that wrote it"
+        )
+
+
+def check_layers(model, adapter_name: str, metadata: dict[str, str], source: str) -> None:
+    """The adapter built from the config must be the one the file was written from (shapes, n, slices,
+    scaling, seed, sampler per layer), when the file records it."""
+    recorded = metadata.get("fourierft.layers")
+    if recorded is None:
+        return  # a PEFT-written file
+    try:
+        recorded = json.loads(recorded)
+    except json.JSONDecodeError:
+        raise AdapterFileError(f"{source}: the weights file's fourierft.layers metadata is not valid JSON; the file is damaged") from None
+    current = json.loads(layers_metadata(model, adapter_name))
+    if not isinstance(recorded, dict) or set(recorded) != set(current):
+        raise AdapterFileError(f"{source}: adapter_config.json adapts other layers than the weights file was written for; the two files do not belong together")
+    for layer, fields in current.items():
+        theirs = recorded[layer] if isinstance(recorded[layer], dict) else {}
+        for key, value in fields.items():
+            if theirs.get(key) != value:
+                raise AdapterFileError(
+                    f"{source}: layer {layer}: {key} is {value!r} from adapter_config.json but {theirs.get(key)!r} in the weights "
+                    "file's metadata; the config was edited or the files do not belong together"
+                )
+
+
+def check_values(model, adapter_name: str, source: str) -> None:
+    """Finite coefficients, and a dW no larger than 1e6 x the base weight's largest entry (bounded
+    without forming dW: |dW[p, q]| <= scaling * sum |c| / (grid_rows * d_in))."""
+    for name, layer in adapter_layers(model):
+        spec = layer.specs.get(adapter_name)
+        if spec is None:
+            continue
+        coeffs = layer.fourierft_spectrum[adapter_name].detach().double()
+        if not torch.isfinite(coeffs).all():
+            raise AdapterFileError(f"{source}: {name}: the coefficients hold NaN or Inf values; the adapter is broken")
+        bound = spec.scaling * coeffs.abs().sum(-1).max().item() / (spec.grid * layer.d_in)
+        largest = layer.weight_matrix().detach().abs().max().item()
+        if not bound <= 1e6 * max(largest, 1e-6):
+            raise AdapterFileError(
+                f"{source}: {name}: scaling {spec.scaling:g} times these coefficients gives weight updates up to {bound:.3g}, "
+                f"against base weights of at most {largest:.3g}; the adapter or its scaling is broken"
+            )
+
+
+def check_file(config: FourierFTConfig, state: dict[str, torch.Tensor], metadata: dict[str, str], source: str) -> None:
+    """What can be checked without the base model: finite coefficients and, when the file records its
+    layers, the config's per-layer n, scaling and seed against that record and the tensor shapes."""
+    for key, t in state.items():
+        if key.endswith("fourierft_spectrum") and not torch.isfinite(t).all():
+            raise AdapterFileError(f"{source}: {key} holds NaN or Inf values; the adapter is broken")
+    recorded = metadata.get("fourierft.layers")
+    if recorded is None:
+        return
+    try:
+        layers = json.loads(recorded)
+        assert isinstance(layers, dict) and all(isinstance(v, dict) for v in layers.values())
+    except (json.JSONDecodeError, AssertionError):
+        raise AdapterFileError(f"{source}: the weights file's fourierft.layers metadata is damaged") from None
+    spectra = {k.removeprefix("base_model.model.").removesuffix(".fourierft_spectrum") for k in state if k.endswith("fourierft_spectrum")}
+    if spectra != set(layers):
+        raise AdapterFileError(f"{source}: the coefficient tensors do not match the layers the file records; the file is damaged")
+    for name, rec in layers.items():
+        n = pattern_value(config.n_frequency_pattern, name, config.n_frequency)
+        if config.clamp_n_frequency and isinstance(rec.get("grid_rows"), int) and isinstance(rec.get("d_in"), int):
+            n = min(n, rec["grid_rows"] * rec["d_in"])
+        expected = {"scaling": float(pattern_value(config.scaling_pattern, name, config.scaling)), "n": n, "seed": config.random_loc_seed}
+        for field, value in expected.items():
+            if rec.get(field) != value:
+                raise AdapterFileError(
+                    f"{source}: layer {name}: adapter_config.json gives {field} {value!r} but the weights were written with "
+                    f"{rec.get(field)!r}; the config was edited or the files do not belong together"
+                )
+        shape = tuple(state[f"base_model.model.{name}.fourierft_spectrum"].shape)
+        slices = rec.get("slices") or [None]
+        if shape != ((n,) if len(slices) == 1 else (len(slices), n)):
+            raise AdapterFileError(f"{source}: {name} coefficients have shape {shape}, not the recorded {len(slices)} x {n}")

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, param_groups
+from fourierft import FourierFTConfig, FourierFTModel, default_target_modules, get_fourierft_model, param_groups
 
-from fourierft.inject import default_target_modules
 
 from .baselines import prepare_baseline
 from .config import RunSettings

@@ -77,13 +77,13 @@ def resume_checkpoint(run_dir: Path, resume: bool) -> str | None:
     """
     if not resume:
         return None
-    from fourierft.io import read_adapter
+    from fourierft import read_adapter_files
 
     found = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1, reverse=True)
     for checkpoint in found:
         try:
             json.loads((checkpoint / "trainer_state.json").read_text())
-            read_adapter(checkpoint)
+            read_adapter_files(checkpoint)
         except (OSError, ValueError):
             print(f"skipping incomplete checkpoint {checkpoint}")
             continue

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fourierft import FourierFTConfig, get_fourierft_model, param_groups
+from fourierft import FourierFTConfig, default_target_modules, get_fourierft_model, param_groups
 
-from fourierft.inject import default_target_modules
 
 from .baselines import prepare_baseline
 from .config import RunSettings

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, param_groups
+from fourierft import FourierFTConfig, FourierFTModel, default_target_modules, get_fourierft_model, param_groups
 
-from fourierft.inject import default_target_modules
 
 from .baselines import prepare_baseline
 from .config import TrainConfig
