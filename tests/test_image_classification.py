@@ -65,12 +65,14 @@ def test_tiny_vit_from_an_image_folder(tmp_path):
     torch.manual_seed(0)
     ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=16, patch_size=4, num_labels=3)).save_pretrained(tmp_path / "vit")
     cfg = ic.ImageConfig(model=str(tmp_path / "vit"), train_data=str(tmp_path / "train"), eval_data=str(tmp_path / "eval"), output_dir=str(tmp_path / "run"),
-                         image_size=16, n_frequency=200, scaling=20.0, lr=0.05, head_lr=0.01, epochs=3, batch_size=16, logging_steps=2)
+                         image_size=16, n_frequency=200, scaling=50.0, lr=0.1, head_lr=0.05, epochs=8, batch_size=16, logging_steps=2)
     result = ic.train(cfg, quiet=True)
     names = [n for n, m in result["model"].model.named_modules() if isinstance(m, FourierFTLayer)]
     assert len(names) == 4 and all(n.endswith(("q_proj", "v_proj", "query", "value")) for n in names)
     assert result["model"].model.classifier.modules_to_save["default"].out_features == 2  # re-headed for 2 classes
-    assert 0.0 <= result["eval"]["eval_accuracy"] <= 1.0
+    majority = max(np.bincount(synthetic(32, 1)[1])) / 32
+    print("vit accuracy", result["eval"]["eval_accuracy"], majority)
+    assert result["eval"]["eval_accuracy"] >= majority + 0.15  # learned the bright half, not the majority class
 
 
 def test_image_data_errors(tmp_path):

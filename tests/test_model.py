@@ -1,6 +1,7 @@
 """Config, target matching, model API, clear errors, optimizer groups, HF integration."""
 
 import copy
+import dataclasses
 import subprocess
 import sys
 
@@ -47,7 +48,7 @@ def test_config_defaults_match_peft_and_round_trip():
         assert getattr(ours, field) == getattr(theirs, field), field
     cfg = FourierFTConfig(target_modules=["a", "b"], n_frequency_pattern={"a": 3}, fused_slices={"c": {"chunks": 2, "adapt": [1]}})
     assert FourierFTConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_frequency = 5  # frozen
     targets = ["query"]
     FourierFTConfig(target_modules=targets)
