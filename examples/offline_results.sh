@@ -6,11 +6,13 @@
 #   pip install gguf && apt-get install dataset-fashion-mnist
 set -u
 R=${RUNS:-runs}
+E2E=${E2E:?set E2E to the folder with the E2E NLG CSVs}
+export PYTHONPATH="$(dirname "$0")${PYTHONPATH:+:$PYTHONPATH}"  # offline_assets:efficientnet_lite0
 run() {  # run OUT_DIR ARGS...: skip finished runs, keep going after a failure
     out=$1; shift
     [ -f "$out/results.json" ] || fourierft train "$@" --output-dir "$out" || echo "FAILED: $out"
 }
-python -m fourierft.recipes.assets --out "$R/assets"
+python "$(dirname "$0")/offline_assets.py" --out "$R/assets" --e2e "$E2E"
 
 # 1. Rotten Tomatoes snippets, all-MiniLM-L6-v2 (the demo task): q,v targets, 4,000 / 1,000, 2 epochs
 [ -f "$R/rt-fourierft/demo.json" ] || fourierft demo --output-dir "$R/rt-fourierft"
@@ -21,7 +23,7 @@ run "$R/rt-full" $rt method=full lr=5e-5 head_lr=5e-3
 
 # 2. Fashion-MNIST (2,000 / 1,000, 64 px), EfficientNet-Lite0: pointwise convs of the last blocks + head
 blocks=$(python -c 'print(",".join(f"_blocks.{b}._{k}_conv" for b in range(11, 16) for k in ("expand", "project")) + ",_conv_head")')
-img="--task image --model fourierft.recipes.assets:efficientnet_lite0 --train-file $R/assets/fashion-mnist/train.npz --eval-file $R/assets/fashion-mnist/test.npz image_size=64 head=_fc target_modules=$blocks epochs=3 batch_size=32 logging_steps=20 seed=0"
+img="--task image --model offline_assets:efficientnet_lite0 --train-file $R/assets/fashion-mnist/train.npz --eval-file $R/assets/fashion-mnist/test.npz image_size=64 head=_fc target_modules=$blocks epochs=3 batch_size=32 logging_steps=20 seed=0"
 run "$R/fmnist-fourierft" $img n_frequency=1000 scaling=100 init_weights=true lr=0.05 head_lr=5e-3
 # PEFT's LoRA cannot wrap EfficientNet-Lite's Conv2dStaticSamePadding layers (it rebuilds the layer class,
 # whose constructor asserts image_size is given), so this task has no LoRA row:

