@@ -221,3 +221,24 @@ def test_generate_with_one_adapter_per_prompt_matches_each_alone(how):
             model.set_adapter(name)
             alone = run(prompts[i : i + 1])
         assert torch.equal(together[i * per : (i + 1) * per], alone), (how, name)
+
+
+@pytest.mark.parametrize("mode", ["auto", "fft"])
+def test_coefficient_gradient_follows_an_input_rewritten_in_place(mode):
+    """An input buffer reused across steps (written through .data) gives the gradient of its new
+    values: no spectrum of an earlier input is reused."""
+    model = adapted()
+    model.set_mode(mode)
+    x = torch.randn(16, 48)
+
+    def grads(inp):
+        model.zero_grad()
+        model(inp).square().sum().backward()
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    grads(x)
+    x.data.copy_(torch.randn(16, 48))
+    got = grads(x)
+    want = grads(x.clone())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

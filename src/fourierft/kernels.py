@@ -22,7 +22,6 @@ active adapters): each ``Block`` covers output rows [start, stop) with its own g
 from __future__ import annotations
 
 import warnings
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -49,44 +48,38 @@ MODES = ("auto", "merged", "separate", "fft", "reference")
 
 @dataclass(frozen=True, eq=False)
 class Block:
-    """A spectral grid covering output rows [start, stop) of a (d_out, d_in) weight."""
+    """A spectral grid covering output rows [start, stop) of a (d_out, d_in) weight.
+
+    ``hermitian`` and ``folded`` are the positions' kernel indices (``hermitian_index``, ``fold``);
+    adapter layers build them once per adapter and device, other callers may leave them out.
+    """
 
     start: int
     stop: int
     rows: torch.Tensor  # (n,) int64, in [0, stop - start)
     cols: torch.Tensor  # (n,) int64, in [0, d_in)
     offset: int  # first coefficient of this block in the flat coefficient vector
+    hermitian: tuple[torch.Tensor, torch.Tensor] | None = None
+    folded: _Folded | None = None
 
     @property
     def n(self) -> int:
         return self.rows.numel()
+
+    def hermitian_index(self, d_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.hermitian if self.hermitian is not None else hermitian_index(self.rows, self.cols, self.stop - self.start, d_in)
+
+    def fold(self, d_in: int) -> _Folded:
+        return self.folded if self.folded is not None else fold(self.rows, self.cols, self.stop - self.start, d_in)
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-_MEMO: dict[int, tuple] = {}  # id(tensor) -> (weakref to it, {kind: (key, value)}); dropped with the tensor
-
-
-def _memo(owner: torch.Tensor, kind: str, key: tuple, build):
-    """``build()``, computed once per live tensor ``owner`` and ``kind`` while ``key`` is unchanged."""
-    slot = _MEMO.get(id(owner))
-    if slot is None or slot[0]() is not owner:
-        weakref.finalize(owner, _MEMO.pop, id(owner), None)
-        slot = _MEMO[id(owner)] = (weakref.ref(owner), {})
-    hit = slot[1].get(kind)
-    if hit is None or hit[0] != key:
-        hit = slot[1][kind] = (key, build())
-    return hit[1]
-
-
-def _positions_key(rows, cols, m, n):
-    return (id(cols), rows._version, cols._version, m, n)
-
-
-def _hermitian_index(rows, cols, m, n):
-    """Where c_l / 2 lands in the flattened left half (m, n//2 + 1) of H = (F + F[-j, -k]) / 2."""
+def hermitian_index(rows, cols, m, n):
+    """Where c_l / 2 lands in the flattened left half (m, n//2 + 1) of H = (F + F[-j, -k]) / 2:
+    (flat destinations, source coefficient of each)."""
     half = n // 2 + 1
     keep, mirrored = cols < half, (-cols) % n < half
     mrows, mcols = (-rows) % m, (-cols) % n
@@ -95,30 +88,26 @@ def _hermitian_index(rows, cols, m, n):
     return flat, source
 
 
-def _block_delta(coeffs, rows, cols, d_out, d_in):
-    """Re(ifft2(ToDense)) of one grid via irfft2 of its Hermitian part's left half: (d_out, d_in).
-
-    For real F, Re(ifft2(F)) = ifft2(H) with H = (F + F[-j, -k]) / 2 Hermitian, i.e. irfft2 of H's half.
-    """
-    flat, source = _memo(rows, "hermitian", _positions_key(rows, cols, d_out, d_in), lambda: _hermitian_index(rows, cols, d_out, d_in))
-    half = coeffs.new_zeros(d_out * (d_in // 2 + 1)).index_add_(0, flat, coeffs[source] * 0.5)
+def _range_delta(coeffs, blocks, m, d_in):
+    """Re(ifft2(ToDense)) of the blocks sharing one grid of m rows, via one irfft2 of the Hermitian
+    part's left half: (m, d_in). For real F, Re(ifft2(F)) = ifft2(H) with H = (F + F[-j, -k]) / 2."""
+    half = coeffs.new_zeros(m * (d_in // 2 + 1))
+    for b in blocks:
+        flat, source = b.hermitian_index(d_in)
+        half.index_add_(0, flat, coeffs[b.offset : b.offset + b.n][source] * 0.5)
     complex_dtype = torch.complex128 if coeffs.dtype == torch.float64 else torch.complex64
-    return torch.fft.irfft2(half.view(d_out, -1).to(complex_dtype), s=(d_out, d_in))
+    return torch.fft.irfft2(half.view(m, -1).to(complex_dtype), s=(m, d_in))
 
 
 def plan_delta_weight(coeffs: torch.Tensor, plan: tuple[Block, ...], d_out: int, d_in: int) -> torch.Tensor:
     """Dense dW (d_out, d_in) of all blocks of a plan, in float32 (float64 for float64 coefficients)."""
-    compute = _compute_dtype(coeffs)
-    coeffs = coeffs.to(compute)
-    if len(plan) == 1 and plan[0].start == 0 and plan[0].stop == d_out:
-        b = plan[0]
-        return _block_delta(coeffs[b.offset : b.offset + b.n], b.rows, b.cols, d_out, d_in)
+    coeffs = coeffs.to(_compute_dtype(coeffs))
+    groups = _by_range(plan)
+    if len(groups) == 1 and next(iter(groups)) == (0, d_out):
+        return _range_delta(coeffs, plan, d_out, d_in)
     dw = coeffs.new_zeros(d_out, d_in)
-    for (start, stop), blocks in _by_range(plan).items():
-        c = torch.cat([coeffs[b.offset : b.offset + b.n] for b in blocks])
-        rows = torch.cat([b.rows for b in blocks])
-        cols = torch.cat([b.cols for b in blocks])
-        dw[start:stop] += _block_delta(c, rows, cols, stop - start, d_in)
+    for (start, stop), blocks in groups.items():
+        dw[start:stop] += _range_delta(coeffs, blocks, stop - start, d_in)
     return dw
 
 
@@ -150,19 +139,17 @@ class _Folded:
 SDDMM_DEVICES = {"cpu"}
 
 
-def _fold(rows: torch.Tensor, cols: torch.Tensor, m: int, n: int) -> _Folded:
-    def build():
-        mh, nh = m // 2 + 1, n // 2 + 1
-        mirror_j, mirror_k = rows > m // 2, cols > n // 2
-        jf = torch.where(mirror_j, m - rows, rows)
-        kf = torch.where(mirror_k, n - cols, cols)
-        sign = 1.0 - 2.0 * (mirror_j ^ mirror_k).to(torch.float64)
-        uniq, inverse = torch.unique(jf * nh + kf, sorted=True, return_inverse=True)
-        crow = torch.zeros(mh + 1, dtype=torch.long, device=rows.device)
-        crow[1:] = torch.bincount(uniq // nh, minlength=mh).cumsum(0)
-        return _Folded(jf, kf, sign, crow, uniq % nh, inverse, (mh, nh))
-
-    return _memo(rows, "folded", _positions_key(rows, cols, m, n), build)
+def fold(rows: torch.Tensor, cols: torch.Tensor, m: int, n: int) -> _Folded:
+    """The positions folded onto the rfft halves of an m x n grid (see ``_Folded``)."""
+    mh, nh = m // 2 + 1, n // 2 + 1
+    mirror_j, mirror_k = rows > m // 2, cols > n // 2
+    jf = torch.where(mirror_j, m - rows, rows)
+    kf = torch.where(mirror_k, n - cols, cols)
+    sign = 1.0 - 2.0 * (mirror_j ^ mirror_k).to(torch.float64)
+    uniq, inverse = torch.unique(jf * nh + kf, sorted=True, return_inverse=True)
+    crow = torch.zeros(mh + 1, dtype=torch.long, device=rows.device)
+    crow[1:] = torch.bincount(uniq // nh, minlength=mh).cumsum(0)
+    return _Folded(jf, kf, sign, crow, uniq % nh, inverse, (mh, nh))
 
 
 def _planes(t: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
@@ -188,19 +175,18 @@ def _sampled_cross(f: _Folded, gp: torch.Tensor, xp: torch.Tensor) -> torch.Tens
 def plan_coeff_grad(g: torch.Tensor, x: torch.Tensor, plan: tuple[Block, ...], n_coeffs: int) -> torch.Tensor:
     """dL/dc for y = x dW^T: g (..., d_out), x (..., d_in) -> (n_coeffs,), without forming g^T x.
 
-    dL/dc_l = Re(sum_t G[t, j_l] X[t, k_l]) / (m d_in), G / X: FFTs of g / x along features. The
-    spectrum of x is kept while x lives, so sibling layers reading the same input (q, k, v) share it.
+    dL/dc_l = Re(sum_t G[t, j_l] X[t, k_l]) / (m d_in), G / X: FFTs of g / x along features.
     """
     compute = _compute_dtype(g, x)
     d_in = x.shape[-1]
     g = g.reshape(-1, g.shape[-1])  # (T, d_out)
-    xp = _memo(x, "planes", (x._version, compute), lambda: _planes(x.reshape(-1, d_in), compute))
+    xp = _planes(x.reshape(-1, d_in), compute)
     grad = torch.zeros(n_coeffs, dtype=compute, device=x.device)
     for (start, stop), blocks in _by_range(plan).items():
         m = stop - start
         gp = _planes(g[:, start:stop], compute)  # (2, m//2 + 1, T)
         for b in blocks:
-            grad[b.offset : b.offset + b.n] = _sampled_cross(_fold(b.rows, b.cols, m, d_in), gp, xp) / (m * d_in)
+            grad[b.offset : b.offset + b.n] = _sampled_cross(b.fold(d_in), gp, xp) / (m * d_in)
     return grad
 
 
@@ -264,10 +250,10 @@ def spectral_term(xv: torch.Tensor, coeffs: torch.Tensor, index: SpectralIndex) 
     """x dW^T (T, d_out) from x's half spectrum xv (``spectral`` module docstring)."""
     if index.full:
         r = index.ranges[0]
-        return _irfft_rows(apply_map(xv, r.forward, coeffs), index.d_out)
+        return _irfft_rows(apply_map(xv, r.forward, coeffs[r.offset :]), index.d_out)
     out = xv.new_zeros(xv.shape[0], index.d_out)
     for r in index.ranges:
-        out[:, r.start : r.stop] += _irfft_rows(apply_map(xv, r.forward, coeffs), r.stop - r.start)
+        out[:, r.start : r.stop] += _irfft_rows(apply_map(xv, r.forward, coeffs[r.offset :]), r.stop - r.start)
     return out
 
 
@@ -275,7 +261,7 @@ def spectral_term_t(gvs: list[torch.Tensor], coeffs: torch.Tensor, index: Spectr
     """g dW (T, d_in) from the half spectra of g's row ranges: the maps add up before one irfft."""
     h = None
     for gv, r in zip(gvs, index.ranges):
-        part = apply_map(gv, r.transpose, coeffs)
+        part = apply_map(gv, r.transpose, coeffs[r.offset :])
         h = part if h is None else h.add_(part)
     return _irfft_rows(h, index.d_in)
 

@@ -24,8 +24,8 @@ from torch import nn
 from torch.func import functional_call
 
 from .functional import delta_rows, spectral_positions
-from .kernels import MODES, Block, apply_effective, effective_weight, fourier_linear, needs_separate_term, plan_delta_weight, resolve_mode
-from .spectral import SpectralIndex, build_index
+from .kernels import MODES, Block, fold, fourier_linear, hermitian_index, needs_separate_term, plan_delta_weight, resolve_mode
+from .spectral import SpectralIndex, build_index, combine
 
 __all__ = [
     "BASE_ADAPTER",
@@ -116,6 +116,30 @@ class AdapterSpec:
         return stop - start
 
 
+@dataclass(frozen=True, eq=False)
+class AdapterRecord:
+    """One adapter of one layer: its spec, positions and the kernel indices built from them (once, when
+    the adapter is added, and again when the layer moves to another device)."""
+
+    spec: AdapterSpec
+    rows: torch.Tensor  # (n,) int64 positions on the grid of one slice
+    cols: torch.Tensor
+    hermitian: tuple[torch.Tensor, torch.Tensor]  # kernels.hermitian_index
+    folded: object  # kernels.fold
+    spectral: SpectralIndex  # the fft path's maps, coefficients counted from 0
+
+    @classmethod
+    def build(cls, spec: AdapterSpec, rows: torch.Tensor, cols: torch.Tensor, d_out: int, d_in: int) -> AdapterRecord:
+        m = spec.grid
+        plan = tuple(Block(start, stop, rows, cols, i * spec.n) for i, (start, stop) in enumerate(spec.slices))
+        spectral = build_index(plan, d_out, d_in, spec.n * len(spec.slices), rows.device)
+        return cls(spec, rows, cols, hermitian_index(rows, cols, m, d_in), fold(rows, cols, m, d_in), spectral)
+
+    def blocks(self, offset: int) -> list[Block]:
+        """This adapter's blocks, its coefficients starting at ``offset`` of the flat vector."""
+        return [Block(start, stop, self.rows, self.cols, offset + i * self.spec.n, self.hermitian, self.folded) for i, (start, stop) in enumerate(self.spec.slices)]
+
+
 class FourierFTLayer(nn.Module):
     """Base class: adapter bookkeeping shared by all layer types. Subclasses give the geometry and forward."""
 
@@ -124,6 +148,7 @@ class FourierFTLayer(nn.Module):
         self.base_layer = base_layer
         self.fourierft_spectrum = nn.ParameterDict()  # name -> (n,) or (slices, n) coefficients
         self.specs: dict[str, AdapterSpec] = {}
+        self.records: dict[str, AdapterRecord] = {}  # name -> spec, positions, kernel indices
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self._before_merge: list[torch.Tensor] = []  # weights below float32 as they were before each merge
@@ -156,11 +181,20 @@ class FourierFTLayer(nn.Module):
         self.register_buffer(f"_rows_{name}", rows.to(weight.device), persistent=False)
         self.register_buffer(f"_cols_{name}", cols.to(weight.device), persistent=False)
         self.specs[name] = spec
+        self.records[name] = AdapterRecord.build(spec, *self.positions(name), self.d_out, self.d_in)
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        for name, record in self.records.items():  # the positions may have moved: rebuild their indices there
+            rows, cols = self.positions(name)
+            if rows.device != record.rows.device:
+                self.records[name] = AdapterRecord.build(record.spec, rows, cols, self.d_out, self.d_in)
+        return out
 
     def delete_adapter(self, name):
         if name in self.merged_adapters:
             raise RuntimeError(f"adapter {name!r} is merged into the base weight; unmerge it before deleting")
-        del self.fourierft_spectrum[name], self.specs[name]
+        del self.fourierft_spectrum[name], self.specs[name], self.records[name]
         delattr(self, f"_rows_{name}")
         delattr(self, f"_cols_{name}")
         self.active_adapters = [a for a in self.active_adapters if a != name]
@@ -175,13 +209,22 @@ class FourierFTLayer(nn.Module):
         """Scaled coefficients of the named adapters, flattened, and the blocks they fill."""
         coeffs, plan, offset = [], [], 0
         for name in names:
-            spec = self.specs[name]
-            rows, cols = self.positions(name)
-            coeffs.append((self.fourierft_spectrum[name] * spec.scaling).reshape(-1))
-            for start, stop in spec.slices:
-                plan.append(Block(start, stop, rows, cols, offset))
-                offset += spec.n
-        return torch.cat(coeffs), tuple(plan)
+            record = self.records[name]
+            coeffs.append((self.fourierft_spectrum[name] * record.spec.scaling).reshape(-1))
+            plan += record.blocks(offset)
+            offset += coeffs[-1].numel()
+        return (coeffs[0] if len(coeffs) == 1 else torch.cat(coeffs)), tuple(plan)
+
+    def spectral_index(self, names) -> SpectralIndex:
+        """The fft path's index maps for these adapters (``spectral.combine`` of their records')."""
+        if len(names) == 1:
+            return self.records[names[0]].spectral
+        indices, offset = [], 0
+        for name in names:
+            record = self.records[name]
+            indices.append((record.spectral, offset))
+            offset += record.spec.n * len(record.spec.slices)
+        return combine(indices)
 
     def delta_weight(self, name) -> torch.Tensor:
         """dW of one adapter as the (d_out, d_in) matrix, float32 (float64 for float64 coefficients)."""
@@ -270,43 +313,11 @@ class FourierFTLinear(FourierFTLayer):
 
     def __init__(self, base_layer):
         self.transposed = _is_conv1d(base_layer)
-        self._index_cache = None
         super().__init__(base_layer)
 
     def weight_matrix(self):
         w = self.base_layer.weight
         return w.t() if self.transposed else w
-
-    def spectral_index(self, names, device) -> SpectralIndex:
-        """The fft path's index maps for this adapter set on ``device``, built once per set.
-
-        Keyed on the adapters' specs (positions are a function of the spec) and the device; built
-        when an adapter is added and again when the layer moves (``_apply``), so that a compiled
-        forward only reads it.
-        """
-        key = (tuple(names), device, tuple(id(self.specs[n]) for n in names))
-        cached = self._index_cache
-        if cached is None or cached[0] != key:
-            coeffs, plan = self.coeffs_and_plan(names)
-            cached = self._index_cache = (key, build_index(plan, self.d_out, self.d_in, coeffs.numel(), device))
-        return cached[1]
-
-    def add_adapter(self, name, *args, **kwargs):
-        super().add_adapter(name, *args, **kwargs)
-        self._index_cache = None
-        self.spectral_index([name], self.weight_matrix().device)
-
-    def delete_adapter(self, name):
-        super().delete_adapter(name)
-        self._index_cache = None  # a new spec could reuse the deleted one's id
-
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        if self._index_cache is not None:  # follow the weights to their new device
-            self._index_cache = None
-            if self.active_adapters:
-                self.spectral_index(self.active_adapters, self.weight_matrix().device)
-        return out
 
     def _forward_with(self, x, names):
         weight, bias = self.weight_matrix(), self.base_layer.bias
@@ -315,7 +326,7 @@ class FourierFTLinear(FourierFTLayer):
         if self.mode == "auto" and mode in ("merged", "separate") and tokens * _FFT_TOKENS_PER_DIM < min(self.d_out, self.d_in):
             mode = "fft"  # a few tokens (decoding): row FFTs cost less than building dW
         coeffs, plan = self.coeffs_and_plan(names)
-        index = self.spectral_index(names, x.device) if mode == "fft" else None
+        index = self.spectral_index(names) if mode == "fft" else None
         return fourier_linear(x, weight, bias, coeffs, plan, mode, index)
 
 

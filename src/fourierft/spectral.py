@@ -27,11 +27,12 @@ kernels in ``triton_kernels``, used on CUDA when Triton is installed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SpectralMap", "RangeIndex", "SpectralIndex", "build_index", "apply_map", "sampled_grad", "use_triton"]
+__all__ = ["SpectralMap", "RangeIndex", "SpectralIndex", "build_index", "combine", "apply_map", "sampled_grad", "use_triton"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +60,7 @@ class RangeIndex:
     grad_sign: torch.Tensor  # (n,) float: -1 when exactly one of j, k is mirrored, else +1
     grad_coef: torch.Tensor  # (n,) int64: coefficient of each pair
     grad_scale: float  # 1 / (m d_in)
+    offset: int = 0  # added to every coefficient index: where this range's adapter starts in the flat vector
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,10 +137,17 @@ def _to(index: SpectralIndex, device) -> SpectralIndex:
         return type(obj)(**fields)
 
     ranges = tuple(
-        RangeIndex(r.start, r.stop, move(r.forward), move(r.transpose), r.grad_g.to(device), r.grad_x.to(device), r.grad_sign.to(device), r.grad_coef.to(device), r.grad_scale)
+        RangeIndex(r.start, r.stop, move(r.forward), move(r.transpose), r.grad_g.to(device), r.grad_x.to(device), r.grad_sign.to(device), r.grad_coef.to(device), r.grad_scale, r.offset)
         for r in index.ranges
     )
     return SpectralIndex(index.d_out, index.d_in, index.n_coeffs, ranges)
+
+
+def combine(indices: list[tuple[SpectralIndex, int]]) -> SpectralIndex:
+    """One index for several adapters' indices, each with the offset of its coefficients in the flat vector."""
+    first = indices[0][0]
+    ranges = tuple(dataclasses.replace(r, offset=r.offset + offset) for index, offset in indices for r in index.ranges)
+    return SpectralIndex(first.d_out, first.d_in, sum(index.n_coeffs for index, _ in indices), ranges)
 
 
 def use_triton(t: torch.Tensor) -> bool:
@@ -172,4 +181,4 @@ def sampled_grad(gv: torch.Tensor, xv: torch.Tensor, r: RangeIndex, n_coeffs: in
         real = (gv[:, r.grad_g] * xv[:, r.grad_x]).sum(0)
         imag = (gv[:, r.grad_g + 1] * xv[:, r.grad_x + 1]).sum(0)
         per_pair = (real - r.grad_sign.to(gv.dtype) * imag) * r.grad_scale
-    return gv.new_zeros(n_coeffs).index_add_(0, r.grad_coef, per_pair)
+    return gv.new_zeros(n_coeffs).index_add_(0, r.grad_coef + r.offset if r.offset else r.grad_coef, per_pair)
