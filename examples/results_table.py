@@ -16,7 +16,7 @@ def row(folder: Path):
     task, method = folder.name.split("-", 1)
     result = json.loads((folder / "results.json").read_text())
     if "trainable_parameters" not in result and (folder / "best-adapter").is_dir():  # counted from the adapter file
-        from fourierft.cli import inspect_adapter
+        from fourierft.recipes.cli import inspect_adapter
 
         summary = inspect_adapter(str(folder / "best-adapter"))
         result["trainable_parameters"] = summary["coefficients"] + summary["other_parameters"]

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("sacrebleu")
 pytest.importorskip("rouge_score")
 
-from fourierft import cli  # noqa: E402
+from fourierft.recipes import cli  # noqa: E402
 from fourierft.layer import FourierFTLayer  # noqa: E402
 from fourierft.recipes import causal_lm as lm  # noqa: E402
 from fourierft.recipes.data import DataError  # noqa: E402

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fourierft import cli
+from fourierft.recipes import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -41,7 +41,7 @@ def cnn_factory(num_classes):
 
 
 def test_cnn_with_conv2d_adapters_from_arrays(arrays, tmp_path):
-    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_data=str(arrays / "train.npz"), eval_data=str(arrays / "eval.npz"),
+    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_file=str(arrays / "train.npz"), eval_file=str(arrays / "eval.npz"),
                          output_dir=str(tmp_path / "cnn"), image_size=16, target_modules=["0", "2"], head=["6"], n_frequency=500,
                          scaling=20.0, lr=0.05, head_lr=0.01, epochs=4, batch_size=16, logging_steps=2)
     result = ic.train(cfg, quiet=True)
@@ -64,7 +64,7 @@ def test_tiny_vit_from_an_image_folder(tmp_path):
             Image.fromarray(img).save(folder / f"{i}.png")
     torch.manual_seed(0)
     ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=16, patch_size=4, num_labels=3)).save_pretrained(tmp_path / "vit")
-    cfg = ic.ImageConfig(model=str(tmp_path / "vit"), train_data=str(tmp_path / "train"), eval_data=str(tmp_path / "eval"), output_dir=str(tmp_path / "run"),
+    cfg = ic.ImageConfig(model=str(tmp_path / "vit"), train_file=str(tmp_path / "train"), eval_file=str(tmp_path / "eval"), output_dir=str(tmp_path / "run"),
                          image_size=16, n_frequency=200, scaling=50.0, lr=0.1, head_lr=0.05, epochs=8, batch_size=16, logging_steps=2)
     result = ic.train(cfg, quiet=True)
     names = [n for n, m in result["model"].model.named_modules() if isinstance(m, FourierFTLayer)]
@@ -88,7 +88,7 @@ def test_image_data_errors(tmp_path):
 
 
 def test_train_cli_routes_image_tasks(arrays, tmp_path, capsys):
-    from fourierft import cli
+    from fourierft.recipes import cli
 
     cli.main(["train", "--task", "image", "--model", "test_image_classification:cnn_factory", "--train-file", str(arrays / "train.npz"), "--eval-file", str(arrays / "eval.npz"),
               "--output-dir", str(tmp_path / "run"), "image_size=16", "target_modules=0,2", "head=6", "n_frequency=100", "scaling=20", "epochs=1", "batch_size=32"])
@@ -98,7 +98,7 @@ def test_train_cli_routes_image_tasks(arrays, tmp_path, capsys):
 
 @pytest.mark.parametrize("method", ["lora", "head", "full"])
 def test_image_comparison_methods(arrays, tmp_path, method):
-    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_data=str(arrays / "train.npz"), eval_data=str(arrays / "eval.npz"),
+    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_file=str(arrays / "train.npz"), eval_file=str(arrays / "eval.npz"),
                          output_dir=str(tmp_path / method), image_size=16, target_modules=["0", "2"], head=["6"], method=method, lr=1e-3, epochs=1, batch_size=32)
     result = ic.train(cfg, quiet=True)
     head = 256 * 2 + 2
@@ -107,9 +107,9 @@ def test_image_comparison_methods(arrays, tmp_path, method):
 
 
 def test_eval_and_predict_with_a_saved_image_adapter(arrays, tmp_path, capsys):
-    from fourierft import cli
+    from fourierft.recipes import cli
 
-    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_data=str(arrays / "train.npz"), eval_data=str(arrays / "eval.npz"),
+    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_file=str(arrays / "train.npz"), eval_file=str(arrays / "eval.npz"),
                          output_dir=str(tmp_path / "run"), image_size=16, target_modules=["0", "2"], head=["6"], n_frequency=500,
                          scaling=20.0, lr=0.05, head_lr=0.01, epochs=2, batch_size=16)
     result = ic.train(cfg, quiet=True)
@@ -132,7 +132,7 @@ def test_only_the_main_process_writes_the_run_outputs(arrays, tmp_path, monkeypa
     from transformers import Trainer
 
     monkeypatch.setattr(Trainer, "is_world_process_zero", lambda self: False)
-    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_data=str(arrays / "train.npz"), eval_data=str(arrays / "eval.npz"),
+    cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_file=str(arrays / "train.npz"), eval_file=str(arrays / "eval.npz"),
                          output_dir=str(tmp_path / "cnn"), image_size=16, target_modules=["0", "2"], head=["6"], n_frequency=100, epochs=1, batch_size=16)
     result = ic.train(cfg, quiet=True)
     assert result["saved_bytes"] is None

@@ -26,7 +26,7 @@ def test_fashion_mnist_and_efficientnet_short_run(tmp_path):
     from fourierft.recipes import image_classification as ic
 
     train, test = assets.fashion_mnist(tmp_path, n_train=256, n_test=128)
-    cfg = ic.ImageConfig(model="offline_assets:efficientnet_lite0", train_data=str(train), eval_data=str(test), output_dir=str(tmp_path / "run"),
+    cfg = ic.ImageConfig(model="offline_assets:efficientnet_lite0", train_file=str(train), eval_file=str(test), output_dir=str(tmp_path / "run"),
                          image_size=64, head=["_fc"], target_modules=["_blocks.15._expand_conv", "_blocks.15._project_conv", "_conv_head"],
                          n_frequency=1000, scaling=100.0, init_weights=True, lr=0.05, head_lr=5e-3, epochs=1, batch_size=32)
     result = ic.train(cfg, quiet=True)

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("accelerate")
 
-from fourierft import cli  # noqa: E402
+from fourierft.recipes import cli  # noqa: E402
 from fourierft.recipes import config as rconfig  # noqa: E402
 from fourierft.recipes import data as rdata  # noqa: E402
 from fourierft.recipes import text_classification as tc  # noqa: E402
@@ -117,7 +117,8 @@ def test_eval_predict_merge_inspect_cli(trained_run, glue_sst2, tmp_path, capsys
     cli.main(["inspect", adapter, "--plot", str(tmp_path / "plots")])
     text = capsys.readouterr().out
     assert "LoRA r=8 on the same layers" in text and "bert.encoder.layer.0.attention.self.query" in text
-    assert len(list((tmp_path / "plots").glob("*.png"))) == 13  # 2 layers x 6 + pooler
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 13 + 1  # 2 layers x 6 + pooler, and dw_norms.png
+    assert (tmp_path / "plots" / "dw_norms.png").stat().st_size > 1000
 
 
 def test_regression_on_stsb_layout_and_generic_files(tiny_model, tmp_path):
@@ -286,7 +287,7 @@ def test_missing_demo_assets_print_install_command(monkeypatch):
 def test_two_processes_match_one(tiny_model, glue_sst2, tmp_path):
     """torchrun with 2 CPU processes (gloo), per-device batch 4, against 1 process with batch 8: same adapter."""
     common = ["--model", tiny_model, "--data", str(glue_sst2), "epochs=1", "max_train_samples=64", "shuffle=false", "n_frequency=100", "scaling=20", "logging_steps=1", "mixed_precision=no"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(cli.__file__).parents[2])}
     single = subprocess.run([sys.executable, "-m", "fourierft.cli", "train", "--output-dir", str(tmp_path / "one"), "batch_size=8", *common], capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     import socket
@@ -344,7 +345,7 @@ def test_hf_dataset_names_and_predict_from_unlabelled_file(trained_run, monkeypa
 
     out, _ = trained_run
     (tmp_path / "new.csv").write_text("review\ngood scene\nterrible actor\n")
-    n = tc.predict(str(out / "best-adapter"), str(tmp_path / "p.jsonl"), file=str(tmp_path / "new.csv"), columns={"text_column": "review"})
+    n = tc.predict(str(out / "best-adapter"), str(tmp_path / "new.csv"), str(tmp_path / "p.jsonl"), text_column="review")
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert n == 2 and [r["label"] for r in rows] == ["1", "0"]
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)

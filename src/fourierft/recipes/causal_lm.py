@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,6 +66,9 @@ class LMConfig(RunSettings):
 
 
 # The paper's E2E recipe (GPT-2 Medium / Large) and its instruction-tuning scripts (LLaMA).
+NAME = "causal-lm"
+TASKS = {"e2e", "instruction"}
+
 LM_PRESETS = {
     "e2e-gpt2-medium": dict(model="openai-community/gpt2-medium", task="e2e", lr=2e-2, weight_decay=0.01, batch_size=128, epochs=5, n_frequency=1000, scaling=300.0, label_smoothing=0.1, num_beams=10),
     "e2e-gpt2-large": dict(model="openai-community/gpt2-large", task="e2e", lr=5e-2, weight_decay=0.03, batch_size=128, epochs=5, n_frequency=1000, scaling=300.0, label_smoothing=0.1, num_beams=10),
@@ -214,7 +218,7 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
         targets = cfg.target_modules or (["c_attn"] if base.config.model_type == "gpt2" else default_target_modules(base))
         model, groups = prepare_baseline(cfg.method, base, targets, [], cfg.lr, cfg.lr, cfg.weight_decay, cfg.lora_rank)
     model.accepts_loss_kwargs = False  # compute_loss returns a per-batch mean
-    info = {"model": cfg.model, "gguf_file": cfg.gguf_file, "task": cfg.task, "auto_class": "AutoModelForCausalLM", "max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams}
+    info = {"model": cfg.model, "gguf_file": cfg.gguf_file, "task": cfg.task, "auto_class": "AutoModelForCausalLM", "recipe": NAME, "max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams}
 
     base_trainer, RunLog = trainer_classes()
     args = TrainingArguments(
@@ -301,3 +305,33 @@ def load_for_generation(adapter: str, model_name: str | None = None):
     info, model_name = read_run_info(adapter, model_name)
     tokenizer, base = load_base(model_name, info.get("gguf_file"))
     return tokenizer, FourierFTModel.from_pretrained(base, adapter).eval(), info
+
+
+def evaluate(adapter: str, data: str, model: str | None = None, out_file: str | None = None) -> dict:
+    """Generation metrics (BLEU, chrF, ROUGE-L) of a saved adapter on an eval file of its task."""
+    tokenizer, wrapped, info = load_for_generation(adapter, model)
+    cfg = LMConfig(model=model or info.get("model", ""), task=info.get("task", "instruction"), eval_file=data, max_new_tokens=info.get("max_new_tokens", 64), num_beams=info.get("num_beams", 1))
+    target = Path(out_file) if out_file else Path(tempfile.mkdtemp()) / "generations.jsonl"
+    return score(wrapped, tokenizer, cfg, target)
+
+
+def predict(adapter: str, data: str, out_file: str, model: str | None = None) -> int:
+    """One JSON line per example of ``data`` (E2E CSV or instruction JSON/JSONL): the generated text and references."""
+    evaluate(adapter, data, model, out_file=out_file)
+    return sum(1 for line in Path(out_file).read_text().splitlines() if line.strip())
+
+
+def merge(adapter: str, out_dir: str, model: str | None = None) -> Path:
+    """A plain model directory (save_pretrained layout, tokenizer included) with the adapter merged in."""
+    tokenizer, wrapped, _ = load_for_generation(adapter, model)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
+    plain = wrapped.merge_and_unload()
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+Config = LMConfig
+PRESETS = LM_PRESETS

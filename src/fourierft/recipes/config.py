@@ -176,6 +176,43 @@ def coerce(name: str, value: Any, cls: type = TrainConfig) -> Any:
         raise ValueError(f"setting {name!r} expects {hint}, got {value!r}") from None
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass and its bases (the string literal after each field)."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, after in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def settings_help(recipes: dict[str, type]) -> str:
+    """Every key=value setting of the given config classes ({recipe: class}), with defaults and docs."""
+    rows: dict[str, list] = {}
+    for recipe, cls in recipes.items():
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            entry = rows.setdefault(f.name, [[], {}, docs.get(f.name, "")])
+            entry[0].append(recipe)
+            entry[1][recipe] = default
+            entry[2] = entry[2] or docs.get(f.name, "")
+    lines = ["settings (key=value; also in a --config YAML file):"]
+    for name, (where, defaults, doc) in rows.items():
+        values = set(map(repr, defaults.values()))
+        default = next(iter(values)) if len(values) == 1 else ", ".join(f"{r}: {defaults[r]!r}" for r in where)
+        scope = "" if len(where) == len(recipes) else f" [{', '.join(where)}]"
+        lines.append(f"  {name}={default}{scope}" + (f"\n      {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
 def load_yaml(yaml_file) -> dict:
     """A YAML file of settings as a dict; a clear ValueError when missing or malformed."""
     path = Path(yaml_file)
@@ -212,6 +249,10 @@ def resolve_config(preset=None, yaml_file=None, flags=None, overrides=None, cls:
 
 
 def save_config(config, path: Path) -> str:
-    text = yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    """The resolved settings as YAML: the recipe's own first, then those every recipe shares."""
+    values = dataclasses.asdict(config)
+    shared = {f.name for f in dataclasses.fields(RunSettings)}
+    ordered = {k: v for k, v in values.items() if k not in shared} | {k: v for k, v in values.items() if k in shared}
+    text = yaml.safe_dump(ordered, sort_keys=False)
     path.write_text(text)
     return text

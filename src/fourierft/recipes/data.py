@@ -132,7 +132,10 @@ def _records_to_examples(records, source, text_column, pair_column, label_column
     columns = list(records[0])
     for name in (text_column, pair_column, label_column):
         if name is not None and name not in columns:
-            raise DataError(f"{source}: no column {name!r}; the columns are {columns}. Pass the right name (--text-column / --text-pair-column / --label-column)")
+            raise DataError(
+                f"{source}: no column {name!r}; the columns are {columns}. Name the right one "
+                "(train: text_column= / text_pair_column= / label_column=; eval and predict: --text-column / --text-pair-column / --label-column)"
+            )
     text_a = [str(r.get(text_column)) for r in records]
     text_b = [str(r.get(pair_column)) for r in records] if pair_column else None
     labels = [r.get(label_column) for r in records]

@@ -33,9 +33,9 @@ class ImageConfig(RunSettings):
     model: str = ""
     """A Transformers image-classification model (directory or hub id), or "module:function" returning an
     nn.Module that maps (B, C, H, W) images to logits, called with num_classes=<classes>."""
-    train_data: str | None = None
+    train_file: str | None = None
     """An image folder (one sub-folder per class) or a .npz file with arrays images (N, H, W[, C]) and labels (N,)."""
-    eval_data: str | None = None
+    eval_file: str | None = None
     output_dir: str = "runs/image-classification"
     image_size: int = 224
     channels: int = 3
@@ -63,6 +63,23 @@ class ImageConfig(RunSettings):
 
 
 # ViT-base (in21k) recipes of the paper: n = 3000, scaling 300, 10 epochs, effective batch 200.
+NAME = "image-classification"
+TASKS = {"image"}
+
+
+def merge(adapter: str, out_dir: str, model: str | None = None) -> Path:
+    """A plain Transformers model directory with the adapter merged in (Transformers models only)."""
+    merged_model, _, _ = load_for_inference(adapter, model)
+    plain = merged_model.merge_and_unload()
+    if not hasattr(plain, "save_pretrained"):
+        raise DataError("this adapter's base model is a plain nn.Module (module:function); merge it in Python: FourierFTModel.from_pretrained(...).merge_and_unload()")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
+    plain.save_pretrained(out)
+    return out
+
+
 IMAGE_PRESETS = {
     f"vit-base-{name}": dict(model="google/vit-base-patch16-224-in21k", n_frequency=3000, scaling=300.0, epochs=10, batch_size=40, grad_accum=5, lr=lr, head_lr=head_lr, weight_decay=wd, image_size=224)
     for name, lr, head_lr, wd in [
@@ -184,10 +201,10 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     import numpy as np
     from transformers import TrainingArguments
 
-    if not cfg.model or not cfg.train_data or not cfg.eval_data:
-        raise DataError("give model=, train_data= and eval_data= (image folders or .npz arrays)")
+    if not cfg.model or not cfg.train_file or not cfg.eval_file:
+        raise DataError("give model=, train_file= and eval_file= (image folders or .npz arrays)")
     run_dir = start_run(cfg, quiet)
-    train_set, eval_set = read_images(cfg.train_data, cfg), read_images(cfg.eval_data, cfg)
+    train_set, eval_set = read_images(cfg.train_file, cfg), read_images(cfg.eval_file, cfg)
     classes = train_set.classes
     model, _, (mean, std) = load_model(cfg, len(classes))
     fourier = cfg.method == "fourierft"
@@ -199,7 +216,7 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
         targets = cfg.target_modules or default_target_modules(model)
         model, groups = prepare_baseline(cfg.method, model, targets, heads, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.lora_rank)
     model.accepts_loss_kwargs = False
-    info = {"model": cfg.model, "classes": classes, "image_size": cfg.image_size, "mean": mean, "std": std, "auto_class": "AutoModelForImageClassification"}
+    info = {"model": cfg.model, "classes": classes, "image_size": cfg.image_size, "mean": mean, "std": std, "auto_class": "AutoModelForImageClassification", "recipe": NAME}
 
     def rows(images: ImageSet, limit):
         n = len(images.labels) if limit is None else min(limit, len(images.labels))
@@ -256,8 +273,9 @@ def _logits(model, images: ImageSet, cfg: ImageConfig, batch_size: int = 64) -> 
     return torch.cat(out)
 
 
-def evaluate(adapter: str, data: str, model_name: str | None = None) -> dict:
-    model, cfg, info = load_for_inference(adapter, model_name)
+def evaluate(adapter: str, data: str, model: str | None = None) -> dict:
+    """Accuracy of a saved adapter on an image folder or .npz arrays."""
+    model, cfg, info = load_for_inference(adapter, model)
     images = read_images(data, cfg)
     if images.classes != info["classes"]:
         raise DataError(f"{data}: classes {images.classes} differ from the adapter's {info['classes']}")
@@ -265,12 +283,16 @@ def evaluate(adapter: str, data: str, model_name: str | None = None) -> dict:
     return {"accuracy": float((predictions == images.labels).float().mean()), "examples": len(images.labels)}
 
 
-def predict(adapter: str, data: str, out_file: str, model_name: str | None = None) -> int:
+def predict(adapter: str, data: str, out_file: str, model: str | None = None) -> int:
     """One JSON line per image: predicted class and class probabilities."""
-    model, cfg, info = load_for_inference(adapter, model_name)
+    model, cfg, info = load_for_inference(adapter, model)
     images = read_images(data, cfg)
     probs = _logits(model, images, cfg).softmax(-1)
     with open(out_file, "w") as f:
         for i, p in enumerate(probs):
             f.write(json.dumps({"index": i, "label": info["classes"][int(p.argmax())], "probabilities": {c: round(float(v), 6) for c, v in zip(info["classes"], p)}}) + "\n")
     return len(probs)
+
+
+Config = ImageConfig
+PRESETS = IMAGE_PRESETS

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -18,12 +19,14 @@ from fourierft import FourierFTConfig, FourierFTModel, default_target_modules, g
 
 
 from .baselines import prepare_baseline
-from .config import TrainConfig
+from .config import PRESETS, TrainConfig
 from .engine import finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
 from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
 
 __all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge"]
 
+NAME = "text-classification"
+Config = TrainConfig
 TASKS = {"auto", "classification", "regression", *GLUE_TASKS}
 
 
@@ -99,6 +102,8 @@ def load_splits(cfg: TrainConfig) -> tuple[TextExamples, TextExamples, str]:
             random.Random(cfg.seed).shuffle(order)
             cut = max(1, len(order) // 10)
             evaluation, train = _subset(train, order[:cut]), _subset(train, order[cut:])
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"no eval_file: holding out {cut} of {len(order)} training rows (10%, seed {cfg.seed}) for evaluation")
     else:
         raise DataError("no data: give data=<GLUE folder>, train_file=<file> (and eval_file=), or dataset=<HF name>")
     return train, evaluation, ("classification" if task == "auto" else task)
@@ -207,7 +212,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     # Sequence-classification losses are per-process means that ignore num_items_in_batch; without this,
     # Trainer would scale the loss by the number of processes under DDP and clip different gradients.
     model.accepts_loss_kwargs = False
-    info = {"model": cfg.model, "task": task, "labels": space.names, "max_length": cfg.max_length, "auto_class": "AutoModelForSequenceClassification"}
+    info = {"model": cfg.model, "task": task, "labels": space.names, "max_length": cfg.max_length, "auto_class": "AutoModelForSequenceClassification", "recipe": NAME}
 
     FourierFTTrainer, RunLog = trainer_classes()
     args = TrainingArguments(
@@ -284,18 +289,24 @@ def _logits(model, tokenizer, examples: TextExamples, max_length: int, batch_siz
     return torch.cat(out)
 
 
-def evaluate(adapter: str, data: str | None = None, file: str | None = None, model_name: str | None = None, columns: dict | None = None) -> dict:
-    tokenizer, model, space, info = load_for_inference(adapter, model_name)
-    examples = _examples_for(data, file, info.get("task", ""), columns or {})
+def _split_data(data: str) -> tuple[str | None, str | None]:
+    """(GLUE folder, file): a directory is a GLUE folder (dev.tsv is read), anything else a file."""
+    return (data, None) if Path(data).is_dir() else (None, data)
+
+
+def evaluate(adapter: str, data: str, model: str | None = None, **columns) -> dict:
+    """Metrics of a saved adapter on labelled data: a GLUE folder (dev.tsv) or a CSV / TSV / JSON / JSONL file."""
+    tokenizer, model, space, info = load_for_inference(adapter, model)
+    examples = _examples_for(*_split_data(data), info.get("task", ""), columns)
     labels = space.encode(examples)
     logits = _logits(model, tokenizer, examples, info.get("max_length", 128))
     return compute_metrics_fn(space, info.get("task", ""))((logits.numpy(), labels))
 
 
-def predict(adapter: str, out_file: str, data: str | None = None, file: str | None = None, model_name: str | None = None, columns: dict | None = None) -> int:
+def predict(adapter: str, data: str, out_file: str, model: str | None = None, **columns) -> int:
     """Write one JSON line per example: text(s), predicted label (or score) and class probabilities."""
-    tokenizer, model, space, info = load_for_inference(adapter, model_name)
-    columns = dict(columns or {})
+    tokenizer, model, space, info = load_for_inference(adapter, model)
+    data, file = _split_data(data)
     if file:  # labels are optional for prediction
         from .data import _read_records
 
@@ -325,9 +336,9 @@ def predict(adapter: str, out_file: str, data: str | None = None, file: str | No
     return len(examples)
 
 
-def merge(adapter: str, out_dir: str, model_name: str | None = None) -> Path:
+def merge(adapter: str, out_dir: str, model: str | None = None) -> Path:
     """A plain model directory (save_pretrained layout) with the adapter merged in."""
-    tokenizer, model, _, _ = load_for_inference(adapter, model_name)
+    tokenizer, model, _, _ = load_for_inference(adapter, model)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
