@@ -126,6 +126,12 @@ def test_instruction_tuning_with_chat_template_via_cli(tiny_llama_dir, tmp_path,
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     want = 100 * sum(max(scorer.score(r, row["generated"])["rougeL"].fmeasure for r in row["references"]) for row in rows) / len(rows)
     assert len(rows) == 2 and results["rougeL"] == pytest.approx(want)
+    # the same interface as every recipe: eval and predict through the CLI, routed by the adapter's run info
+    cli.main(["eval", "--adapter", str(tmp_path / "run" / "adapter"), "--data", str(tmp_path / "dev.json")])
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):])["rougeL"] == pytest.approx(results["rougeL"])
+    cli.main(["predict", "--adapter", str(tmp_path / "run" / "adapter"), "--data", str(tmp_path / "dev.json"), "--out", str(tmp_path / "gen.jsonl")])
+    assert [json.loads(line)["generated"] for line in (tmp_path / "gen.jsonl").read_text().splitlines()] == [r["generated"] for r in rows]
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "x"}) + "\n")
     with pytest.raises(DataError, match="record 1 needs the keys instruction and output"):
         lm.read_instructions(tmp_path / "bad.jsonl")

@@ -57,3 +57,32 @@ def test_console_script_and_missing_extra_message(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
     with pytest.raises(SystemExit, match=r"pip install 'fourierft\[hf\]'"):
         cli.main(["quickstart"])
+
+
+def test_every_recipe_has_the_same_interface():
+    pytest.importorskip("transformers")
+    import dataclasses
+
+    for name in cli.RECIPES:
+        module = cli.recipe(name)
+        assert module.NAME == name and module.TASKS and dataclasses.is_dataclass(module.Config)
+        for function in ("train", "evaluate", "predict", "merge"):
+            assert callable(getattr(module, function)), (name, function)
+        assert {"train_file", "eval_file", "model", "output_dir"} <= {f.name for f in dataclasses.fields(module.Config)}, name
+    tasks = [t for name in cli.RECIPES for t in cli.recipe(name).TASKS]
+    assert len(tasks) == len(set(tasks))  # a task names one recipe
+
+
+def test_train_help_lists_every_setting_and_demo_options_are_described(capsys):
+    pytest.importorskip("yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for setting in ("n_frequency=", "text_column='text'", "label_smoothing=", "image_size=", "text_column=", "resume=False", "glue-rte-roberta-base", "e2e-gpt2-medium"):
+        assert setting in text, setting
+    assert "Resume from the last checkpoint" in text  # attribute docstrings become the help
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    demo_help = capsys.readouterr().out
+    assert "--train-size" in demo_help and "training snippets" in demo_help

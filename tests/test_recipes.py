@@ -90,6 +90,7 @@ def test_train_writes_the_run_directory(trained_run):
 def test_eval_predict_merge_inspect_cli(trained_run, glue_sst2, tmp_path, capsys):
     out, result = trained_run
     adapter = str(out / "best-adapter")
+    capsys.readouterr()
     cli.main(["eval", "--adapter", adapter, "--data", str(glue_sst2)])
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == pytest.approx(result["eval"]["eval_accuracy"], abs=1e-6)

@@ -24,7 +24,7 @@ from fourierft import FourierFTConfig, FourierFTModel, default_target_modules, g
 from .baselines import prepare_baseline
 from .config import RunSettings
 from .data import DataError
-from .engine import finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
+from .engine import checkpointing, finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
 
 __all__ = ["LMConfig", "LM_PRESETS", "read_e2e", "read_instructions", "build_prompt", "encode_pair", "train", "generate"]
 
@@ -226,7 +226,7 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
         per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum, lr_scheduler_type="linear",
         **warmup(TrainingArguments, cfg.warmup_ratio), eval_strategy="epoch" if eval_pairs else "no", save_strategy="epoch" if fourier else "no",
         save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, report_to=[], seed=cfg.seed,
-        gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(), disable_tqdm=quiet,
+        **checkpointing(TrainingArguments, cfg.gradient_checkpointing), use_cpu=not torch.cuda.is_available(), disable_tqdm=quiet,
         remove_unused_columns=False, prediction_loss_only=True, **mixed_precision(cfg.mixed_precision),
     )
     trainer = _lm_trainer(base_trainer)(

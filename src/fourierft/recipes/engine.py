@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUN_INFO", "finish_run", "resume_checkpoint", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
+__all__ = ["RUN_INFO", "checkpointing", "finish_run", "resume_checkpoint", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
 
 RUN_INFO = "run_info.json"
 
@@ -170,6 +170,12 @@ def warmup(arguments_class, ratio: float) -> dict:
     """transformers < 5 has warmup_ratio; 5 takes a float < 1 in warmup_steps as a ratio."""
     names = {f.name for f in dataclasses.fields(arguments_class)}
     return {"warmup_ratio": ratio} if "warmup_ratio" in names else {"warmup_steps": ratio}
+
+
+def checkpointing(arguments_class, enabled: bool) -> dict:
+    """transformers 5 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing."""
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
 def mixed_precision(choice: str) -> dict:

@@ -20,7 +20,7 @@ from fourierft import FourierFTConfig, FourierFTModel, default_target_modules, g
 
 from .baselines import prepare_baseline
 from .config import PRESETS, TrainConfig
-from .engine import finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
+from .engine import checkpointing, finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
 from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
 
 __all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge"]
@@ -123,8 +123,11 @@ def encode(tokenizer, examples: TextExamples, labels: list | None, max_length: i
 
 
 # ---------------------------------------------------------------- model
-def load_base(model_name: str, space: LabelSpace):
+def load_base(model_name: str, space: LabelSpace, head_restored: bool = False):
+    """Tokenizer and sequence-classification model. ``head_restored``: the head comes from a saved
+    adapter next, so transformers' report of a newly initialised classifier is not shown."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     kwargs = dict(num_labels=space.num_labels)
     if space.regression:
@@ -132,7 +135,10 @@ def load_base(model_name: str, space: LabelSpace):
     else:
         kwargs["id2label"] = dict(enumerate(space.names))
         kwargs["label2id"] = {n: i for i, n in enumerate(space.names)}
+    level = hf_logging.get_verbosity()
     try:
+        if head_restored:
+            hf_logging.set_verbosity_error()
         tokenizer = AutoTokenizer.from_pretrained(model_name)
         model = AutoModelForSequenceClassification.from_pretrained(model_name, **kwargs)
     except OSError as err:
@@ -140,6 +146,8 @@ def load_base(model_name: str, space: LabelSpace):
             f"cannot load model {model_name!r}: give a local directory with config.json and weights, or a Hugging Face hub id "
             f"(needs internet). ({str(err).splitlines()[0]})"
         ) from None
+    finally:
+        hf_logging.set_verbosity(level)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -232,7 +240,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         logging_steps=cfg.logging_steps,
         report_to=[],
         seed=cfg.seed,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **checkpointing(TrainingArguments, cfg.gradient_checkpointing),
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=quiet,
@@ -267,7 +275,7 @@ def load_for_inference(adapter: str, model_name: str | None = None):
     space = LabelSpace(info.get("labels")) if "labels" in info else None
     if space is None:
         raise DataError(f"{adapter}: unknown label space; it was not written by `fourierft train`")
-    tokenizer, base = load_base(model_name, space)
+    tokenizer, base = load_base(model_name, space, head_restored=True)
     model = FourierFTModel.from_pretrained(base, adapter).eval()
     return tokenizer, model, space, info
 
