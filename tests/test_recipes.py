@@ -83,6 +83,7 @@ def test_train_writes_the_run_directory(trained_run):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in records) and any("eval_accuracy" in r for r in records)
     assert rconfig.TrainConfig(**__import__("yaml").safe_load((out / "config.yaml").read_text())).lr == 0.1
+    assert json.loads((out / "results.json").read_text())["f1_positive_label"] == "1"
     checkpoints = list((out / "checkpoints").glob("checkpoint-*"))
     assert checkpoints and all((c / "adapter_model.safetensors").exists() and not (c / "model.safetensors").exists() for c in checkpoints)
 
@@ -386,6 +387,7 @@ def test_train_refuses_bad_data_files_in_one_line(name, tiny_model, tmp_path, ca
     path.write_bytes(content)
     err = cli_error(capsys, ["train", "--model", tiny_model, "--train-file", str(path), "--output-dir", str(tmp_path / "run")])
     assert expected in err, err
+    assert not (tmp_path / "run").exists()  # a failed run leaves no config.yaml behind
 
 
 BAD_SETTINGS = {

@@ -363,11 +363,24 @@ def _train(args) -> None:
         raise ValueError(f"--{unsupported[0].replace('_', '-')} is not a setting of the {name} recipe; it reads --train-file / --eval-file")
     overrides = [o for o in args.overrides if not (o.startswith("task=") and "task" not in fields)]
     cfg = resolve_config(args.preset, args.config, {k: v for k, v in flags.items() if k in fields}, overrides, cls=module.Config, presets=module.PRESETS)
-    result = module.train(cfg)
+    out = Path(cfg.output_dir)
+    fresh = not out.exists()
+    try:
+        result = module.train(cfg)
+    except BaseException:
+        if fresh:  # a run that failed before producing anything leaves no directory behind
+            _remove_if_only_config(out)
+        raise
     shown = {k: v for k, v in result.items() if k != "model"}
     if "train_seconds" in shown:
         shown["train_seconds"] = round(shown["train_seconds"], 1)
     print(json.dumps(shown, indent=2))
+
+
+def _remove_if_only_config(run_dir: Path) -> None:
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.yaml"}:
+        (run_dir / "config.yaml").unlink(missing_ok=True)
+        run_dir.rmdir()
 
 
 def _generate(args) -> None:

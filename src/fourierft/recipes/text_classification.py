@@ -208,6 +208,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     train_ex, eval_ex, task = load_splits(cfg)
     train_ex, eval_ex = train_ex.take(cfg.max_train_samples), eval_ex.take(cfg.max_eval_samples)
     space = LabelSpace.infer(task, train_ex)
+    if space.num_labels == 2 and not quiet and int(os.environ.get("RANK", "0")) == 0:
+        print(f"labels {space.names}: F1 is reported for {space.names[1]!r} as the positive class")
     train_labels, eval_labels = space.encode(train_ex), space.encode(eval_ex)
     tokenizer, base = load_base(cfg.model, space)
     fourier = cfg.method == "fourierft"
@@ -265,6 +267,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     metrics = trainer.evaluate()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {"eval": metrics, "eval_before": before, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable}
+    if space.num_labels == 2:  # sklearn's binary F1 counts the second label as the positive class
+        summary["f1_positive_label"] = space.names[1]
     saved = finish_run(trainer, model, run_dir / "best-adapter", info, cfg.method, summary, tokenizer)
     return {"eval": metrics, "eval_before": before, "train_seconds": seconds, "run_dir": str(run_dir), "model": model, "trainable_parameters": trainable, "saved_bytes": saved}
 
