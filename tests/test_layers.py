@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fourierft import BASE_ADAPTER, FourierFTConfig, FourierFTModel, get_fourierft_model
-from fourierft.layer import FourierFTConv2d, FourierFTEmbedding, FourierFTLayer, FourierFTLinear, ModulesToSave
+from fourierft.layer import AdapterSpec, FourierFTConv2d, FourierFTEmbedding, FourierFTLayer, FourierFTLinear, ModulesToSave
 
 
 def ids_input(vocab):
@@ -178,7 +178,7 @@ def test_gradients_reach_coefficients_only(case):
 def _double_layer(layer_cls, base):
     base = base.double()
     layer = layer_cls(base)
-    layer.add_adapter("a", 9, 40.0, 0, sampler="uniform-fast" if layer_cls is FourierFTEmbedding else "uniform")
+    layer.add_adapter("a", AdapterSpec.make(layer.d_out, 9, 40.0, 0, sampler="uniform-fast" if layer_cls is FourierFTEmbedding else "uniform"))
     layer.set_active(["a"])
     layer.double()
     return layer
@@ -210,7 +210,7 @@ def test_conv2d_delta_layout_is_documented_row_major():
     conv = nn.Conv2d(4, 6, (2, 3), groups=2).double()
     layer = FourierFTConv2d(conv)
     assert (layer.d_out, layer.d_in) == (6, 2 * 2 * 3)
-    layer.add_adapter("a", 5, 1.0, 0)
+    layer.add_adapter("a", AdapterSpec.make(layer.d_out, 5, 1.0, 0))
     layer.set_active(["a"])
     layer.double()
     x = torch.randn(1, 4, 4, 5, dtype=torch.float64)
@@ -296,7 +296,7 @@ def test_conv2d_subclass_runs_its_own_forward(dtype, bias):
     conv = SamePadConv(4, 6, 3, stride=2, bias=bias).to(dtype)
     reference = copy.deepcopy(conv)
     layer = FourierFTConv2d(conv)
-    layer.add_adapter("a", 20, 5.0, 0)
+    layer.add_adapter("a", AdapterSpec.make(layer.d_out, 20, 5.0, 0))
     layer.set_active(["a"])
     if dtype == torch.float64:
         layer.double()

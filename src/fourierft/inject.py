@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from torch import nn
 
 from .config import FourierFTConfig
-from .layer import FourierFTEmbedding, FourierFTLayer, ModulesToSave, adapter_class_for
+from .layer import AdapterSpec, FourierFTEmbedding, FourierFTLayer, ModulesToSave, adapter_class_for
 
 __all__ = ["inject_adapter", "adapter_layers", "modules_to_save_wrappers", "set_trainable", "default_target_modules", "replace_module"]
 
@@ -196,18 +196,9 @@ def _add_to_layer(layer: FourierFTLayer, name: str, config: FourierFTConfig, ada
     sampler = config.sampler
     if isinstance(layer, FourierFTEmbedding) and sampler == "uniform":
         sampler = "uniform-fast"
-    layer.add_adapter(
-        adapter_name,
-        n,
-        pattern_value(config.scaling_pattern, name, config.scaling),
-        config.random_loc_seed,
-        sampler=sampler,
-        f_c=config.frequency_bias_center,
-        width=config.frequency_bias_width,
-        chunks=chunks,
-        adapt=adapt,
-        init_zeros=config.init_weights,
-    )
+    scaling = pattern_value(config.scaling_pattern, name, config.scaling)
+    spec = AdapterSpec.make(layer.d_out, n, scaling, config.random_loc_seed, sampler, config.frequency_bias_center, config.frequency_bias_width, chunks, adapt)
+    layer.add_adapter(adapter_name, spec, init_zeros=config.init_weights)
 
 
 def _modules_to_save_names(model: nn.Module, config: FourierFTConfig) -> list[str]:

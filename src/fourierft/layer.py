@@ -109,6 +109,14 @@ class AdapterSpec:
     f_c: float = 0.0
     width: float = 200.0
 
+    @classmethod
+    def make(cls, d_out: int, n: int, scaling: float, seed: int, sampler: str = "uniform", f_c: float = 0.0, width: float = 200.0, chunks: int = 1, adapt=(0,)) -> AdapterSpec:
+        """The spec of an adapter on ``adapt`` of ``chunks`` equal output slices of a d_out-row weight."""
+        if d_out % chunks:
+            raise ValueError(f"cannot split {d_out} output rows into {chunks} equal fused slices")
+        rows = d_out // chunks
+        return cls(int(n), float(scaling), int(seed), sampler, tuple((a * rows, (a + 1) * rows) for a in adapt), float(f_c), float(width))
+
     @property
     def grid(self) -> int:
         """Rows of each slice's spectral grid."""
@@ -165,17 +173,18 @@ class FourierFTLayer(nn.Module):
         raise NotImplementedError
 
     # ---- adapters ----
-    def add_adapter(self, name, n, scaling, seed, *, sampler="uniform", f_c=0.0, width=200.0, chunks=1, adapt=(0,), init_zeros=False):
+    def add_adapter(self, name: str, spec: AdapterSpec, init_zeros: bool = False):
+        """Add an adapter described by ``spec`` (see ``AdapterSpec.make``): N(0, 1) coefficients, or zeros."""
         check_adapter_name(name)
         if name in self.specs:
             raise ValueError(f"adapter {name!r} already exists in this layer")
-        if self.d_out % chunks:
-            raise ValueError(f"cannot split {self.d_out} output rows into {chunks} equal fused slices")
-        rows_per = self.d_out // chunks
-        spec = AdapterSpec(n, float(scaling), int(seed), sampler, tuple((a * rows_per, (a + 1) * rows_per) for a in adapt), f_c, width)
+        rows_per = spec.grid
+        if any(stop - start != rows_per or not 0 <= start < stop <= self.d_out for start, stop in spec.slices):
+            raise ValueError(f"adapter slices {spec.slices} must be equal output-row ranges within the layer's {self.d_out} rows")
+        n, seed, sampler, f_c, width = spec.n, spec.seed, spec.sampler, spec.f_c, spec.width
         rows, cols = spectral_positions(rows_per, self.d_in, n, seed, sampler, f_c, width)
         weight = self.weight_matrix()
-        shape = (n,) if chunks == 1 else (len(spec.slices), n)
+        shape = (n,) if len(spec.slices) == 1 and rows_per == self.d_out else (len(spec.slices), n)
         coeffs = torch.zeros(shape) if init_zeros else torch.randn(shape)
         self.fourierft_spectrum[name] = nn.Parameter(coeffs.to(weight.device))
         self.register_buffer(f"_rows_{name}", rows.to(weight.device), persistent=False)

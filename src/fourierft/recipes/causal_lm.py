@@ -184,7 +184,9 @@ def _lm_trainer(base_trainer):
     class LMTrainer(base_trainer):
         """Shifted cross-entropy on the response tokens, with optional label smoothing."""
 
-        label_smoothing = 0.0
+        def __init__(self, *args, label_smoothing: float = 0.0, **kwargs):
+            self.label_smoothing = label_smoothing
+            super().__init__(*args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = dict(inputs)
@@ -234,9 +236,8 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
         train_dataset=[encode_pair(tokenizer, p, r, cfg.max_length, templated) for p, r in train_pairs],
         eval_dataset=[encode_pair(tokenizer, p, r, cfg.max_length, templated) for p, r in eval_pairs] or None,
         data_collator=_Collator(tokenizer.pad_token_id), optimizers=(torch.optim.AdamW(groups), None),
-        callbacks=[RunLog(run_dir, info)],
+        callbacks=[RunLog(run_dir, info)], shuffle=cfg.shuffle, label_smoothing=cfg.label_smoothing,
     )
-    trainer.shuffle, trainer.label_smoothing = cfg.shuffle, cfg.label_smoothing
     start = time.time()
     trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
     seconds = time.time() - start

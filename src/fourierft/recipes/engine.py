@@ -21,9 +21,12 @@ def trainer_classes():
     from fourierft import FourierFTModel
 
     class FourierFTTrainer(Trainer):
-        """Checkpoints hold only the adapter (safetensors); resuming and best-model loading read it back."""
+        """Checkpoints hold only the adapter (safetensors); resuming and best-model loading read it back.
+        ``shuffle=False`` keeps the training data in file order."""
 
-        shuffle = True
+        def __init__(self, *args, shuffle: bool = True, **kwargs):
+            self.shuffle = shuffle
+            super().__init__(*args, **kwargs)
 
         def _save(self, output_dir=None, state_dict=None):
             output_dir = output_dir or self.args.output_dir

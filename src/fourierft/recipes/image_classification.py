@@ -239,9 +239,8 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
         model=model, args=args, train_dataset=rows(train_set, cfg.max_train_samples), eval_dataset=rows(eval_set, cfg.max_eval_samples),
         data_collator=_Batches(cfg.image_size, mean, std), compute_metrics=accuracy,
         optimizers=(torch.optim.AdamW(groups), None),
-        callbacks=[RunLog(run_dir, info)],
+        callbacks=[RunLog(run_dir, info)], shuffle=cfg.shuffle,
     )
-    trainer.shuffle = cfg.shuffle
     start = time.time()
     trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
     seconds = time.time() - start

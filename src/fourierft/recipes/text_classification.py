@@ -257,9 +257,8 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics_fn(space, task),
         optimizers=(optimizer, None),
-        callbacks=[RunLog(run_dir, info)],
+        callbacks=[RunLog(run_dir, info)], shuffle=cfg.shuffle,
     )
-    trainer.shuffle = cfg.shuffle
     before = trainer.evaluate() if cfg.eval_before else None
     start = time.time()
     trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
