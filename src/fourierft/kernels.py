@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .functional import delta_weight
-from .spectral import SpectralIndex, apply_map, build_index, sampled_grad
+from .spectral import SpectralIndex, apply_map, apply_map_rows, build_index, sampled_grad
 
 __all__ = [
     "Block",
@@ -264,6 +264,25 @@ def spectral_term_t(gvs: list[torch.Tensor], coeffs: torch.Tensor, index: Spectr
         part = apply_map(gv, r.transpose, coeffs[r.offset :])
         h = part if h is None else h.add_(part)
     return _irfft_rows(h, index.d_in)
+
+
+def spectral_term_rows(x2: torch.Tensor, table: torch.Tensor, which: torch.Tensor, index: SpectralIndex) -> torch.Tensor:
+    """x2 dW_t^T (T, d_out) where token t uses the coefficients ``table[which[t]]`` (adapters that share
+    ``index``'s positions, scaled): one row FFT of x for every adapter in the batch. No gradient."""
+    compute = _compute_dtype(x2, table)
+    xv = _half_spectrum(x2, compute)
+    out = xv.new_zeros(x2.shape[0], index.d_out)
+    for r in index.ranges:
+        h = apply_map_rows(xv, r.forward, table[:, r.offset :], which)
+        out[:, r.start : r.stop] += _irfft_rows(h, r.stop - r.start)
+    return out
+
+
+def base_plus(term: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """(x2 W^T + b + term) with one rounding to ``out_dtype``: term (T, d_out) in float32/64."""
+    if bias is not None:
+        term = term + bias.to(term.dtype)
+    return _plus_base_f32(term, x2, weight.t(), out_dtype)
 
 
 def plan_apply_fft(x2, coeffs, plan, d_out, d_in, transpose=False):

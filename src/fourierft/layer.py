@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .functional import delta_rows, spectral_positions
-from .kernels import MODES, Block, fold, fourier_linear, hermitian_index, needs_separate_term, plan_delta_weight, resolve_mode
+from .kernels import MODES, Block, base_plus, fold, fourier_linear, hermitian_index, needs_separate_term, plan_delta_weight, resolve_mode, spectral_term_rows
 from .spectral import SpectralIndex, build_index, combine
 
 __all__ = [
@@ -87,12 +87,17 @@ def check_adapter_name(name: str) -> str:
     return name
 
 
-def _row_groups(names, n_rows, device):
+def _expanded(names, n_rows):
+    """Per-row names for a batch of n_rows (generate's expansion: each name repeated in a row)."""
     if len(names) != n_rows:
         if getattr(names, "expands", False) and names and n_rows % len(names) == 0:
-            names = [n for n in names for _ in range(n_rows // len(names))]
-        else:
-            raise ValueError(f"adapter_names has {len(names)} entries but the batch has {n_rows} rows; give one name per row")
+            return [n for n in names for _ in range(n_rows // len(names))]
+        raise ValueError(f"adapter_names has {len(names)} entries but the batch has {n_rows} rows; give one name per row")
+    return list(names)
+
+
+def _row_groups(names, n_rows, device):
+    names = _expanded(names, n_rows)
     for name in dict.fromkeys(names):
         yield name, torch.tensor([i for i, n in enumerate(names) if n == name], device=device)
 
@@ -300,6 +305,8 @@ class FourierFTLayer(nn.Module):
     def _forward_per_example(self, x, row_names, *args, **kwargs):
         if self.merged_adapters:
             raise RuntimeError("per-example adapter selection needs unmerged adapters; call unmerge_adapter() first")
+        if self._rows_batched(x, row_names):
+            return self._forward_rows(x, row_names)
         out = None
         for name, idx in _row_groups(row_names, x.shape[0], x.device):
             sub = x.index_select(0, idx)
@@ -307,6 +314,10 @@ class FourierFTLayer(nn.Module):
             out = y.new_zeros((x.shape[0], *y.shape[1:])) if out is None else out
             out = out.index_copy(0, idx, y)
         return out
+
+    def _rows_batched(self, x, row_names) -> bool:
+        """Subclasses that can serve a mixed batch in one pass say so (inference only)."""
+        return False
 
     def extra_repr(self) -> str:
         return f"d_out={self.d_out}, d_in={self.d_in}, adapters={list(self.specs)}, active={self.active_adapters}"
@@ -337,6 +348,34 @@ class FourierFTLinear(FourierFTLayer):
         coeffs, plan = self.coeffs_and_plan(names)
         index = self.spectral_index(names) if mode == "fft" else None
         return fourier_linear(x, weight, bias, coeffs, plan, mode, index)
+
+
+    def _rows_batched(self, x, row_names) -> bool:
+        return not torch.is_grad_enabled() and self.mode in ("auto", "fft") and x.dim() >= 2
+
+    @torch.no_grad()
+    def _forward_rows(self, x, row_names):
+        """A batch whose rows use different adapters, in one pass: one base GEMM for every row and, per
+        group of adapters sharing positions, one row FFT of x with each token's coefficients gathered
+        from a table (adapters differ only in coefficients). Row i of the result equals running row i
+        alone with its adapter."""
+        names = _expanded(row_names, x.shape[0])
+        weight, bias = self.weight_matrix(), self.base_layer.bias
+        x2 = x.reshape(-1, self.d_in)
+        per_row = x2.shape[0] // x.shape[0]
+        groups: dict[tuple, list[str]] = {}
+        for name in dict.fromkeys(n for n in names if n in self.specs):
+            spec = self.specs[name]
+            groups.setdefault((spec.n, spec.seed, spec.sampler, spec.slices, spec.f_c, spec.width), []).append(name)
+        compute = torch.float64 if torch.float64 in (x.dtype, weight.dtype) else torch.float32
+        term = torch.zeros(x2.shape[0], self.d_out, dtype=compute, device=x.device)
+        for members in groups.values():
+            table = torch.stack([self.fourierft_spectrum[n].detach().reshape(-1).to(compute) * self.specs[n].scaling for n in members])
+            table = torch.cat([table, table.new_zeros(1, table.shape[1])])  # the last row: rows of other groups / the base
+            slot = {n: i for i, n in enumerate(members)}
+            which = torch.tensor([slot.get(n, len(members)) for n in names], device=x.device).repeat_interleave(per_row)
+            term += spectral_term_rows(x2, table, which, self.records[members[0]].spectral)
+        return base_plus(term, x2, weight, bias, x.dtype).reshape(*x.shape[:-1], self.d_out)
 
 
 # "auto" uses the fft path when tokens * this < min(d_out, d_in): building dW costs about

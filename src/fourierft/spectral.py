@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SpectralMap", "RangeIndex", "SpectralIndex", "build_index", "combine", "apply_map", "sampled_grad", "use_triton"]
+__all__ = ["SpectralMap", "RangeIndex", "SpectralIndex", "build_index", "combine", "apply_map", "apply_map_rows", "sampled_grad", "use_triton"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,3 +182,17 @@ def sampled_grad(gv: torch.Tensor, xv: torch.Tensor, r: RangeIndex, n_coeffs: in
         imag = (gv[:, r.grad_g + 1] * xv[:, r.grad_x + 1]).sum(0)
         per_pair = (real - r.grad_sign.to(gv.dtype) * imag) * r.grad_scale
     return gv.new_zeros(n_coeffs).index_add_(0, r.grad_coef + r.offset if r.offset else r.grad_coef, per_pair)
+
+
+def apply_map_rows(v: torch.Tensor, smap: SpectralMap, table: torch.Tensor, which: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """The map with per-token coefficients: token t uses row ``which[t]`` of ``table`` (k, n_coeffs).
+
+    Serving many adapters that share positions in one batch: the row spectrum v is shared, only the
+    gathered weights differ. v (T, 2 * src_half) -> (T, dst_width), in v's dtype; chunked over tokens.
+    """
+    weights = table.to(v.dtype)[:, smap.coef] * (smap.sign.to(v.dtype) * smap.scale)  # (k, nnz)
+    out = v.new_zeros(v.shape[0], smap.dst_width)
+    for start in range(0, v.shape[0], chunk):
+        stop = min(start + chunk, v.shape[0])
+        out[start:stop].index_add_(1, smap.dst, v[start:stop, smap.src] * weights[which[start:stop]])
+    return out
