@@ -130,11 +130,12 @@ class AdapterSpec:
 
 
 @dataclass(frozen=True, eq=False)
-class AdapterRecord:
-    """One adapter of one layer: its spec, positions and the kernel indices built from them (once, when
-    the adapter is added, and again when the layer moves to another device)."""
+class Positions:
+    """Spectral positions of one grid and the kernel indices built from them. Shared by every adapter of
+    a layer with the same grid, n, seed and sampler (they differ only in coefficients and scaling), so
+    a thousand such adapters cost their coefficients only. Built on the layer's device; rebuilt when
+    the layer moves."""
 
-    spec: AdapterSpec
     rows: torch.Tensor  # (n,) int64 positions on the grid of one slice
     cols: torch.Tensor
     hermitian: tuple[torch.Tensor, torch.Tensor]  # kernels.hermitian_index
@@ -142,15 +143,33 @@ class AdapterRecord:
     spectral: SpectralIndex  # the fft path's maps, coefficients counted from 0
 
     @classmethod
-    def build(cls, spec: AdapterSpec, rows: torch.Tensor, cols: torch.Tensor, d_out: int, d_in: int) -> AdapterRecord:
+    def build(cls, spec: AdapterSpec, d_out: int, d_in: int, device) -> Positions:
         m = spec.grid
+        rows, cols = (t.to(device) for t in spectral_positions(m, d_in, spec.n, spec.seed, spec.sampler, spec.f_c, spec.width))
         plan = tuple(Block(start, stop, rows, cols, i * spec.n) for i, (start, stop) in enumerate(spec.slices))
-        spectral = build_index(plan, d_out, d_in, spec.n * len(spec.slices), rows.device)
-        return cls(spec, rows, cols, hermitian_index(rows, cols, m, d_in), fold(rows, cols, m, d_in), spectral)
+        spectral = build_index(plan, d_out, d_in, spec.n * len(spec.slices), device)
+        return cls(rows, cols, hermitian_index(rows, cols, m, d_in), fold(rows, cols, m, d_in), spectral)
+
+
+def _positions_key(spec: AdapterSpec) -> tuple:
+    return (spec.n, spec.seed, spec.sampler, spec.slices, spec.f_c, spec.width)
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterRecord:
+    """One adapter of one layer: its spec and its (shared) positions with their kernel indices."""
+
+    spec: AdapterSpec
+    positions: Positions
+
+    @property
+    def spectral(self) -> SpectralIndex:
+        return self.positions.spectral
 
     def blocks(self, offset: int) -> list[Block]:
         """This adapter's blocks, its coefficients starting at ``offset`` of the flat vector."""
-        return [Block(start, stop, self.rows, self.cols, offset + i * self.spec.n, self.hermitian, self.folded) for i, (start, stop) in enumerate(self.spec.slices)]
+        p = self.positions
+        return [Block(start, stop, p.rows, p.cols, offset + i * self.spec.n, p.hermitian, p.folded) for i, (start, stop) in enumerate(self.spec.slices)]
 
 
 class FourierFTLayer(nn.Module):
@@ -186,38 +205,40 @@ class FourierFTLayer(nn.Module):
         rows_per = spec.grid
         if any(stop - start != rows_per or not 0 <= start < stop <= self.d_out for start, stop in spec.slices):
             raise ValueError(f"adapter slices {spec.slices} must be equal output-row ranges within the layer's {self.d_out} rows")
-        n, seed, sampler, f_c, width = spec.n, spec.seed, spec.sampler, spec.f_c, spec.width
-        rows, cols = spectral_positions(rows_per, self.d_in, n, seed, sampler, f_c, width)
         weight = self.weight_matrix()
-        shape = (n,) if len(spec.slices) == 1 and rows_per == self.d_out else (len(spec.slices), n)
+        key = _positions_key(spec)
+        shared = next((r.positions for r in self.records.values() if _positions_key(r.spec) == key), None)
+        positions = shared or Positions.build(spec, self.d_out, self.d_in, weight.device)
+        shape = (spec.n,) if len(spec.slices) == 1 and rows_per == self.d_out else (len(spec.slices), spec.n)
         coeffs = torch.zeros(shape) if init_zeros else torch.randn(shape)
         self.fourierft_spectrum[name] = nn.Parameter(coeffs.to(weight.device))
-        self.register_buffer(f"_rows_{name}", rows.to(weight.device), persistent=False)
-        self.register_buffer(f"_cols_{name}", cols.to(weight.device), persistent=False)
         self.specs[name] = spec
-        self.records[name] = AdapterRecord.build(spec, *self.positions(name), self.d_out, self.d_in)
+        self.records[name] = AdapterRecord(spec, positions)
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        for name, record in self.records.items():  # the positions may have moved: rebuild their indices there
-            rows, cols = self.positions(name)
-            if rows.device != record.rows.device:
-                self.records[name] = AdapterRecord.build(record.spec, rows, cols, self.d_out, self.d_in)
+        device = self.weight_matrix().device
+        rebuilt: dict[tuple, Positions] = {}
+        for name, record in list(self.records.items()):  # follow the weights to their device
+            if record.positions.rows.device != device:
+                key = _positions_key(record.spec)
+                if key not in rebuilt:
+                    rebuilt[key] = Positions.build(record.spec, self.d_out, self.d_in, device)
+                self.records[name] = AdapterRecord(record.spec, rebuilt[key])
         return out
 
     def delete_adapter(self, name):
         if name in self.merged_adapters:
             raise RuntimeError(f"adapter {name!r} is merged into the base weight; unmerge it before deleting")
         del self.fourierft_spectrum[name], self.specs[name], self.records[name]
-        delattr(self, f"_rows_{name}")
-        delattr(self, f"_cols_{name}")
         self.active_adapters = [a for a in self.active_adapters if a != name]
 
     def set_active(self, names):
         self.active_adapters = [n for n in names if n in self.specs]
 
     def positions(self, name) -> tuple[torch.Tensor, torch.Tensor]:
-        return getattr(self, f"_rows_{name}"), getattr(self, f"_cols_{name}")
+        p = self.records[name].positions
+        return p.rows, p.cols
 
     def coeffs_and_plan(self, names) -> tuple[torch.Tensor, tuple[Block, ...]]:
         """Scaled coefficients of the named adapters, flattened, and the blocks they fill."""
