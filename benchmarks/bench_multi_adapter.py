@@ -106,7 +106,6 @@ def main(argv=None):
     print("|---|---|---|---|---|")
     for c, v in ms.items():
         print(f"| {c} | {v:.1f} | {tokens / v * 1e3:,.0f} | {v / one:.2f} | {v / ms['base']:.2f} |")
-    del fourier, peft_lora
     resident = ours(base, 2, targets, args.n)
     per_adapter = sum(p.numel() * p.element_size() for n, p in resident.named_parameters() if n.endswith("fourierft_spectrum.a1"))
     base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())

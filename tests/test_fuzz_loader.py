@@ -5,7 +5,6 @@ type, a hang, or a silently different model. A few hundred cases by default, tho
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random

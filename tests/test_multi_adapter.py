@@ -1,7 +1,6 @@
 """Many adapters in one batch: the batched path (one base GEMM, one row FFT, per-token coefficients
 from a table) equals running each row alone with its adapter, in float32 and bfloat16."""
 
-import pytest
 import torch
 from conftest import tiny_llama
 

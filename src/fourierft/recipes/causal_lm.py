@@ -24,7 +24,7 @@ from fourierft import FourierFTConfig, FourierFTModel, default_target_modules, g
 from .baselines import prepare_baseline
 from .config import RunSettings
 from .data import DataError
-from .engine import checkpointing, finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
+from .engine import checkpointing, finish_run, mixed_precision, read_run_info, resume_checkpoint, save_merged, start_run, trainer_classes, warmup
 
 __all__ = ["LMConfig", "LM_PRESETS", "read_e2e", "read_instructions", "build_prompt", "encode_pair", "train", "generate"]
 
@@ -325,13 +325,7 @@ def predict(adapter: str, data: str, out_file: str, model: str | None = None) ->
 def merge(adapter: str, out_dir: str, model: str | None = None) -> Path:
     """A plain model directory (save_pretrained layout, tokenizer included) with the adapter merged in."""
     tokenizer, wrapped, _ = load_for_generation(adapter, model)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
-    plain = wrapped.merge_and_unload()
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_merged(wrapped, out_dir, tokenizer)
 
 
 Config = LMConfig

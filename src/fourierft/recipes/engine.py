@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUN_INFO", "checkpointing", "finish_run", "resume_checkpoint", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
+__all__ = ["RUN_INFO", "save_merged", "checkpointing", "finish_run", "resume_checkpoint", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
 
 RUN_INFO = "run_info.json"
 
@@ -93,6 +93,23 @@ def resume_checkpoint(run_dir: Path, resume: bool) -> str | None:
         return str(checkpoint)
     print(f"resume=true but {run_dir / 'checkpoints'} holds no complete checkpoint: starting from the beginning")
     return None
+
+
+def save_merged(model, out_dir: str, tokenizer=None) -> Path:
+    """``model.merge_and_unload()`` written as a plain model directory (with the tokenizer) into a new
+    or empty ``out_dir``."""
+    from .data import DataError
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
+    plain = model.merge_and_unload()
+    if not hasattr(plain, "save_pretrained"):
+        raise DataError("this adapter's base model is a plain nn.Module (module:function); merge it in Python: FourierFTModel.from_pretrained(...).merge_and_unload()")
+    plain.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
 
 
 def save_adapter(model, directory: Path, info: dict) -> None:

@@ -21,7 +21,7 @@ from fourierft import FourierFTConfig, default_target_modules, get_fourierft_mod
 from .baselines import prepare_baseline
 from .config import RunSettings
 from .data import DataError
-from .engine import finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
+from .engine import finish_run, mixed_precision, read_run_info, resume_checkpoint, save_merged, start_run, trainer_classes, warmup
 
 __all__ = ["ImageConfig", "IMAGE_PRESETS", "ImageSet", "read_image_folder", "read_arrays", "train"]
 
@@ -69,15 +69,8 @@ TASKS = {"image"}
 
 def merge(adapter: str, out_dir: str, model: str | None = None) -> Path:
     """A plain Transformers model directory with the adapter merged in (Transformers models only)."""
-    merged_model, _, _ = load_for_inference(adapter, model)
-    plain = merged_model.merge_and_unload()
-    if not hasattr(plain, "save_pretrained"):
-        raise DataError("this adapter's base model is a plain nn.Module (module:function); merge it in Python: FourierFTModel.from_pretrained(...).merge_and_unload()")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
-    plain.save_pretrained(out)
-    return out
+    wrapped, _, _ = load_for_inference(adapter, model)
+    return save_merged(wrapped, out_dir)
 
 
 IMAGE_PRESETS = {

@@ -19,8 +19,8 @@ from fourierft import FourierFTConfig, FourierFTModel, default_target_modules, g
 
 
 from .baselines import prepare_baseline
-from .config import PRESETS, TrainConfig
-from .engine import checkpointing, finish_run, mixed_precision, read_run_info, resume_checkpoint, start_run, trainer_classes, warmup
+from .config import PRESETS, TrainConfig  # noqa: F401 (PRESETS: part of the recipe interface)
+from .engine import checkpointing, finish_run, mixed_precision, read_run_info, resume_checkpoint, save_merged, start_run, trainer_classes, warmup
 from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
 
 __all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge"]
@@ -350,12 +350,6 @@ def predict(adapter: str, data: str, out_file: str, model: str | None = None, **
 def merge(adapter: str, out_dir: str, model: str | None = None) -> Path:
     """A plain model directory (save_pretrained layout) with the adapter merged in."""
     tokenizer, model, _, _ = load_for_inference(adapter, model)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new directory")
-    plain = model.merge_and_unload()
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_merged(model, out_dir, tokenizer)
 
 
