@@ -11,8 +11,10 @@ Why this is faster than autograd through the reference, with no change in the re
       dL/dc_l = 1 / (d_out d_in) * Re( sum_t G[t, j_l] X[t, k_l] )
   a sampled product costing O(T n) after two row FFTs (rfft: the other half is the conjugate).
 - fp32/fp64 ("merged"): one matmul forward, y = x (W + dW)^T, and one backward, g (W + dW).
-  Lower precision ("separate"): W + dW rounded to bf16 would lose most of dW (a few ulps of W),
-  so the adapter term is its own matmul with dW rounded on its own, forward and backward.
+  Lower precision: W + dW rounded to bf16 would lose most of dW (a few ulps of W). "fft" (the
+  default on CUDA) never forms dW: the adapter term comes from row FFTs and the sparse maps of
+  ``spectral`` and is added to a float32 x W^T before the output's one rounding. "separate" (the
+  default on CPUs) runs the adapter term as its own matmul with dW rounded on its own.
 
 A weight may hold several spectral blocks (fused projections such as GPT-2's c_attn, and several
 active adapters): each ``Block`` covers output rows [start, stop) with its own grid of
@@ -283,16 +285,6 @@ def base_plus(term: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, bias: 
     if bias is not None:
         term = term + bias.to(term.dtype)
     return _plus_base_f32(term, x2, weight.t(), out_dtype)
-
-
-def plan_apply_fft(x2, coeffs, plan, d_out, d_in, transpose=False):
-    """x2 dW^T (T, d_out), or with ``transpose`` g2 dW (T, d_in), from row FFTs only: O(T d log d + T n)."""
-    compute = _compute_dtype(x2, coeffs)
-    index = build_index(plan, d_out, d_in, coeffs.numel(), x2.device)
-    coeffs = coeffs.to(compute)
-    if transpose:
-        return spectral_term_t([_half_spectrum(x2[:, r.start : r.stop], compute) for r in index.ranges], coeffs, index)
-    return spectral_term(_half_spectrum(x2, compute), coeffs, index)
 
 
 class _FourierLinear(torch.autograd.Function):
