@@ -370,7 +370,6 @@ class FourierFTLinear(FourierFTLayer):
         index = self.spectral_index(names) if mode == "fft" else None
         return fourier_linear(x, weight, bias, coeffs, plan, mode, index)
 
-
     def _rows_batched(self, x, row_names) -> bool:
         return not torch.is_grad_enabled() and self.mode in ("auto", "fft") and x.dim() >= 2
 
@@ -386,8 +385,7 @@ class FourierFTLinear(FourierFTLayer):
         per_row = x2.shape[0] // x.shape[0]
         groups: dict[tuple, list[str]] = {}
         for name in dict.fromkeys(n for n in names if n in self.specs):
-            spec = self.specs[name]
-            groups.setdefault((spec.n, spec.seed, spec.sampler, spec.slices, spec.f_c, spec.width), []).append(name)
+            groups.setdefault(_positions_key(self.specs[name]), []).append(name)
         compute = torch.float64 if torch.float64 in (x.dtype, weight.dtype) else torch.float32
         term = torch.zeros(x2.shape[0], self.d_out, dtype=compute, device=x.device)
         for members in groups.values():
