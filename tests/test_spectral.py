@@ -64,6 +64,18 @@ def test_fused_ranges_and_two_adapters_share_the_output():
     assert torch.autograd.gradcheck(lambda x, c: fourier_linear(x, w, None, c, plan, "fft"), (x, c))
 
 
+def test_adapter_term_alone_gradchecks_in_float64():
+    """kernels.adapter_term (the term beside a quantized base layer) against explicit DFT matrices."""
+    from fourierft.kernels import adapter_term
+
+    index, rows, cols = index_for(7, 10, 30)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(30, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(adapter_term(x, c, index), x @ explicit_dw(c, rows, cols, 7, 10).T, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, c: adapter_term(x, c, index), (x, c))
+
+
 def test_bf16_fft_path_rounds_once_on_cpu():
     """bf16 operands: the float32 adapter term is added to a float32 x W^T before the one rounding."""
     torch.manual_seed(0)

@@ -39,6 +39,7 @@ __all__ = [
     "plan_delta_weight",
     "plan_coeff_grad",
     "fourier_linear",
+    "adapter_term",
     "needs_separate_term",
     "resolve_mode",
     "effective_weight",
@@ -285,6 +286,39 @@ def base_plus(term: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, bias: 
     if bias is not None:
         term = term + bias.to(term.dtype)
     return _plus_base_f32(term, x2, weight.t(), out_dtype)
+
+
+class _SpectralTerm(torch.autograd.Function):
+    """x dW^T alone (T, d_out) in float32 (float64), differentiable in x and the coefficients: the
+    adapter term beside a base layer that computes x W^T itself (quantized weights)."""
+
+    @staticmethod
+    def forward(ctx, x2, coeffs, index):
+        compute = _compute_dtype(x2, coeffs)
+        ctx.index = index
+        ctx.save_for_backward(x2, coeffs)
+        return spectral_term(_half_spectrum(x2, compute), coeffs.to(compute), index)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_term):
+        x2, coeffs = ctx.saved_tensors
+        index = ctx.index
+        compute = _compute_dtype(x2, coeffs, grad_term)
+        gvs = [_half_spectrum(grad_term if index.full else grad_term[:, r.start : r.stop], compute) for r in index.ranges]
+        c = coeffs.to(compute)
+        grad_x = grad_c = None
+        if ctx.needs_input_grad[0]:
+            grad_x = spectral_term_t(gvs, c, index).to(x2.dtype)
+        if ctx.needs_input_grad[1]:
+            xv = _half_spectrum(x2, compute)
+            grad_c = sum(sampled_grad(gv, xv, r, index.n_coeffs) for gv, r in zip(gvs, index.ranges)).to(coeffs.dtype)
+        return grad_x, grad_c, None
+
+
+def adapter_term(x: torch.Tensor, coeffs: torch.Tensor, index: SpectralIndex) -> torch.Tensor:
+    """x dW^T for x (..., d_in): (..., d_out) in float32 (float64 for float64 inputs), from row FFTs."""
+    return _SpectralTerm.apply(x.reshape(-1, index.d_in), coeffs, index).reshape(*x.shape[:-1], index.d_out)
 
 
 class _FourierLinear(torch.autograd.Function):

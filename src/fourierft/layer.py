@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .functional import delta_rows, spectral_positions
-from .kernels import MODES, Block, base_plus, fold, fourier_linear, hermitian_index, needs_separate_term, plan_delta_weight, resolve_mode, spectral_term_rows
+from .kernels import MODES, Block, adapter_term, base_plus, fold, fourier_linear, hermitian_index, needs_separate_term, plan_delta_weight, resolve_mode, spectral_term_rows
 from .spectral import SpectralIndex, build_index, combine
 
 __all__ = [
@@ -186,9 +186,16 @@ class FourierFTLayer(nn.Module):
         self._before_merge: list[torch.Tensor] = []  # weights below float32 as they were before each merge
         self.disabled = False
         self.mode = "auto"  # kernels.fourier_linear mode, for linear layers
-        self.d_out, self.d_in = self.weight_matrix().shape
+        self.d_out, self.d_in = self._shape()
 
     # ---- geometry (subclasses) ----
+    def _shape(self) -> tuple[int, int]:
+        return tuple(self.weight_matrix().shape)
+
+    def weight_scale(self) -> float | None:
+        """The largest |entry| of the base weight (dequantized), or None where it cannot be read."""
+        return float(self.weight_matrix().detach().abs().max())
+
     def weight_matrix(self) -> torch.Tensor:
         """The base weight viewed as (d_out, d_in), sharing storage."""
         raise NotImplementedError
@@ -285,6 +292,11 @@ class FourierFTLayer(nn.Module):
         exactly: subtracting dW again from a rounded sum would not give the base weight back.
         """
         names = [n for n in (self.active_adapters if names is None else names) if n in self.specs and n not in self.merged_adapters]
+        if names and getattr(self, "quantized", None):
+            raise RuntimeError(
+                f"cannot merge into this layer's {self.quantized}-quantized weight: a packed weight cannot hold dW. "
+                "Load the base model in bf16 / fp32, load the adapter onto it and merge there (merge_and_unload)"
+            )
         for name in names:
             weight = self.weight_matrix()
             merged = weight.to(self._merge_dtype()) + self._delta_for_merge(name)
@@ -349,18 +361,51 @@ def _is_conv1d(module) -> bool:
     return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers")
 
 
+def quantization(module: nn.Module) -> str | None:
+    """"torchao" or "bitsandbytes" for a linear layer whose weight is stored quantized, else None."""
+    cls = type(module)
+    if cls.__module__.startswith("bitsandbytes") and cls.__name__ in ("Linear4bit", "Linear8bitLt"):
+        return "bitsandbytes"
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and type(weight).__module__.startswith("torchao"):
+        return "torchao"
+    return None
+
+
 class FourierFTLinear(FourierFTLayer):
-    """nn.Linear, or transformers' Conv1D (weight stored transposed)."""
+    """nn.Linear, or transformers' Conv1D (weight stored transposed), or a quantized linear layer
+    (bitsandbytes 4/8-bit, torchao): the base layer then computes x W^T itself and the adapter term
+    is added beside it (``kernels.adapter_term``); dW is never merged into packed weights."""
 
     def __init__(self, base_layer):
         self.transposed = _is_conv1d(base_layer)
+        self.quantized = quantization(base_layer)
         super().__init__(base_layer)
+
+    def _shape(self):
+        if self.quantized:  # packed storage: the layer knows its logical shape
+            return self.base_layer.out_features, self.base_layer.in_features
+        return super()._shape()
+
+    def weight_scale(self):
+        weight = self.base_layer.weight
+        if self.quantized == "torchao":
+            return float(weight.dequantize().abs().max())
+        return None if self.quantized else super().weight_scale()
 
     def weight_matrix(self):
         w = self.base_layer.weight
         return w.t() if self.transposed else w
 
+    def _forward_quantized(self, x, names):
+        base = self.base_layer(x)
+        coeffs, _ = self.coeffs_and_plan(names)
+        term = adapter_term(x, coeffs, self.spectral_index(names))  # float32
+        return (base.to(term.dtype) + term).to(base.dtype)
+
     def _forward_with(self, x, names):
+        if self.quantized:
+            return self._forward_quantized(x, names)
         weight, bias = self.weight_matrix(), self.base_layer.bias
         mode = resolve_mode(self.mode, x, weight)
         tokens = x.numel() // max(x.shape[-1], 1)
@@ -371,7 +416,7 @@ class FourierFTLinear(FourierFTLayer):
         return fourier_linear(x, weight, bias, coeffs, plan, mode, index)
 
     def _rows_batched(self, x, row_names) -> bool:
-        return not torch.is_grad_enabled() and self.mode in ("auto", "fft") and x.dim() >= 2
+        return not torch.is_grad_enabled() and self.mode in ("auto", "fft") and x.dim() >= 2 and not self.quantized
 
     @torch.no_grad()
     def _forward_rows(self, x, row_names):
@@ -452,8 +497,9 @@ LAYER_TYPES: dict[type, type[FourierFTLayer]] = {
 
 
 def adapter_class_for(module: nn.Module) -> type[FourierFTLayer] | None:
-    """The adapter class for a module, or None. Linear / Embedding subclasses that change forward are not supported."""
-    if _is_conv1d(module):
+    """The adapter class for a module, or None. Linear / Embedding subclasses that change forward are not
+    supported, except the quantized linear layers of bitsandbytes."""
+    if _is_conv1d(module) or quantization(module):
         return FourierFTLinear
     if isinstance(module, nn.Conv2d):  # subclasses run their own forward (see FourierFTConv2d._conv)
         return FourierFTConv2d

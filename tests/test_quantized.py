@@ -1,0 +1,108 @@
+"""Quantized bases (torchao int8 weight-only, on the CPU): adapters train beside the quantized layers,
+which stay quantized; outputs and gradients equal the same adapter on the dequantized weights; merging
+into packed weights is refused; saved adapters load onto the unquantized base."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_llama
+
+from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, param_groups
+
+torchao = pytest.importorskip("torchao")
+from torchao.quantization import Int8WeightOnlyConfig, quantize_  # noqa: E402
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+def quantized_and_reference():
+    """(int8 weight-only model, fp32 model with exactly the dequantized weights, fp32 original)."""
+    original = tiny_llama()
+    quantized = copy.deepcopy(original)
+    quantize_(quantized, Int8WeightOnlyConfig(), filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and name.split(".")[-1] in TARGETS)
+    reference = copy.deepcopy(original)
+    for (name, module), (_, q) in zip(reference.named_modules(), quantized.named_modules()):
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in TARGETS:
+            module.weight.data.copy_(q.weight.dequantize())
+    return quantized, reference, original
+
+
+def adapt(model, seed=1):
+    torch.manual_seed(seed)
+    return get_fourierft_model(model, FourierFTConfig(n_frequency=80, scaling=300.0, target_modules=TARGETS))
+
+
+def batch():
+    ids = torch.randint(2, 100, (3, 12), generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "labels": ids}
+
+
+def test_adapters_on_int8_layers_equal_the_dequantized_model_in_values_and_gradients():
+    quantized, reference, _ = quantized_and_reference()
+    q, r = adapt(quantized), adapt(reference)
+    layers = [m for m in q.modules() if getattr(m, "quantized", None)]
+    assert len(layers) == 2 * 3 and all(type(m.base_layer.weight).__module__.startswith("torchao") for m in layers)
+    lq, lr = q(**batch()).loss, r(**batch()).loss
+    torch.testing.assert_close(lq, lr, rtol=1e-5, atol=1e-5)
+    lq.backward(), lr.backward()
+    gq = {n: p.grad for n, p in q.named_parameters() if p.requires_grad}
+    gr = {n: p.grad for n, p in r.named_parameters() if p.requires_grad}
+    assert set(gq) == set(gr) and len(gq) == 6
+    for name in gq:
+        torch.testing.assert_close(gq[name], gr[name], rtol=1e-4, atol=1e-6 * gr[name].abs().max().item(), msg=name)
+
+
+def _train(model, steps=25):
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model, lr=5e-2))
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch()).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def test_training_on_an_int8_base_lowers_the_loss_like_the_dequantized_model():
+    quantized, reference, _ = quantized_and_reference()
+    model = adapt(quantized)
+    losses, reference_losses = _train(model), _train(adapt(reference))
+    assert losses[-1] < losses[0] - 0.15, losses
+    assert abs(losses[-1] - reference_losses[-1]) < 0.01  # the same training, up to rounding
+    assert all(type(m.base_layer.weight).__module__.startswith("torchao") for m in model.modules() if getattr(m, "quantized", None))
+
+
+def test_gradient_checkpointing_on_an_int8_base():
+    quantized, _, _ = quantized_and_reference()
+    model = adapt(quantized)
+    model.train()
+    loss = model(**batch()).loss
+    loss.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    loss2 = model(**batch()).loss
+    loss2.backward()
+    torch.testing.assert_close(loss2, loss)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, want[n], rtol=1e-5, atol=1e-7)
+
+
+def test_merge_is_refused_and_the_adapter_loads_on_the_unquantized_base(tmp_path):
+    quantized, _, original = quantized_and_reference()
+    model = adapt(quantized).eval()
+    with pytest.raises(RuntimeError, match="cannot merge into this layer's torchao-quantized weight.*bf16 / fp32"):
+        model.merge_and_unload()
+    model.save_pretrained(tmp_path)
+    full = FourierFTModel.from_pretrained(copy.deepcopy(original), tmp_path).eval()
+    with torch.no_grad():
+        adapted_gap = (full(**batch()).logits - model(**batch()).logits).abs().max()
+        with model.disable_adapter():
+            base_gap = (original(**batch()).logits - model(**batch()).logits).abs().max()
+    assert adapted_gap <= 2 * base_gap + 1e-5  # the same outputs up to the quantization error
