@@ -106,3 +106,41 @@ def test_merge_is_refused_and_the_adapter_loads_on_the_unquantized_base(tmp_path
         with model.disable_adapter():
             base_gap = (original(**batch()).logits - model(**batch()).logits).abs().max()
     assert adapted_gap <= 2 * base_gap + 1e-5  # the same outputs up to the quantization error
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_bitsandbytes_layers_on_the_cpu(kind):
+    """bitsandbytes 4-bit (NF4) and 8-bit linear layers, on bitsandbytes' CPU backend: detected despite
+    their own forward and packed storage; output = the layer's own output + x dW^T; coefficients train."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from fourierft.layer import FourierFTLinear, adapter_class_for
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 48)
+    layer = bnb.nn.Linear4bit(64, 48, compute_dtype=torch.float32, quant_type="nf4") if kind == "nf4" else bnb.nn.Linear8bitLt(64, 48, has_fp16_weights=False)
+    layer.load_state_dict(dense.state_dict())
+    layer = layer.to("cpu")
+    assert adapter_class_for(layer) is FourierFTLinear
+    adapted = FourierFTLinear(layer)
+    assert adapted.quantized == "bitsandbytes" and (adapted.d_out, adapted.d_in) == (48, 64)
+    from fourierft.layer import AdapterSpec
+
+    adapted.add_adapter("default", AdapterSpec.make(48, 100, 50.0, 0))
+    adapted.set_active(["default"])
+    x = torch.randn(5, 64)
+    y = adapted(x)
+    dw = adapted.delta_weight("default")
+    with torch.no_grad():
+        want = layer(x) + x @ dw.T
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    from fourierft.functional import delta_weight
+
+    c = adapted.fourierft_spectrum["default"].detach().clone().requires_grad_()
+    rows, cols = adapted.positions("default")
+    with torch.no_grad():
+        base_out = layer(x)
+    (base_out + x @ delta_weight(c, rows, cols, 48, 64, 50.0).T).square().sum().backward()  # autograd through the reference
+    torch.testing.assert_close(adapted.fourierft_spectrum["default"].grad, c.grad, rtol=1e-4, atol=1e-4 * c.grad.abs().max().item())
+    with pytest.raises(RuntimeError, match="bitsandbytes-quantized weight"):
+        adapted.merge()
