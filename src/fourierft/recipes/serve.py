@@ -316,9 +316,11 @@ def offline_demo(root: Path) -> tuple[str, str]:
     seeded demo adapters (q, v; n = 1000) to try the API with."""
     import importlib.util
 
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from fourierft import FourierFTConfig, get_fourierft_model
+
+    from .causal_lm import dequantized_gguf
 
     package, gguf, install = SMOLLM2
     spec = importlib.util.find_spec(package)
@@ -327,16 +329,8 @@ def offline_demo(root: Path) -> tuple[str, str]:
     model_dir, adapters_dir = root / "smollm2", root / "adapters"
     if not (model_dir / "config.json").is_file():
         print(f"preparing SmolLM2-135M-Instruct in {model_dir} (once)", flush=True)
-        source = Path(spec.origin).parent
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
-        loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32)
-        settings = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
-        plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**settings), dtype=torch.float32)
-        plain.load_state_dict(loaded.state_dict())  # GGUF-loaded models are marked quantized and not saved
-        partial = root / "smollm2.partial"
-        plain.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        partial.rename(model_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        dequantized_gguf(Path(spec.origin).parent, gguf, model_dir)
     for name, scaling, seed in DEMO_ADAPTERS:
         if not (adapters_dir / name / "adapter_config.json").is_file():
             torch.manual_seed(seed)
