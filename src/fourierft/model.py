@@ -240,9 +240,10 @@ class FourierFTModel(nn.Module):
             self.model.enable_input_require_grads()
 
     # ---- files ----
-    def save_pretrained(self, save_directory, selected_adapters: list[str] | None = None) -> None:
+    def save_pretrained(self, save_directory, selected_adapters: list[str] | None = None, is_main_process: bool = True) -> None:
         """Write each adapter as adapter_config.json + adapter_model.safetensors ("default" at the top level,
-        others in a sub-directory named after them, as PEFT does)."""
+        others in a sub-directory named after them, as PEFT does). Sharded (FSDP2) models: call it on every
+        rank (the coefficients are gathered together) with ``is_main_process`` true on one rank only."""
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
@@ -256,7 +257,9 @@ class FourierFTModel(nn.Module):
             payload = config.file_dict(peft_format=peft_expressible(self.model, config, name))
             if any(getattr(layer, "transposed", False) for _, layer in self._layers() if name in layer.specs):
                 payload["fan_in_fan_out"] = True  # what PEFT records for GPT-2 Conv1D targets
-            write_adapter(directory, payload, adapter_state_dict(self.model, name, config.bias), adapter_metadata(self.model, name))
+            tensors = adapter_state_dict(self.model, name, config.bias)
+            if is_main_process:
+                write_adapter(directory, payload, tensors, adapter_metadata(self.model, name))
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path_or_id, adapter_name: str = "default", is_trainable: bool = False, subfolder: str | None = None, **hub_kwargs) -> FourierFTModel:

@@ -59,9 +59,15 @@ def _slots(model: nn.Module, adapter_name: str, bias: str) -> Iterator[tuple[str
                         yield f"{PREFIX}{name}.modules_to_save.{pname}", param
 
 
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor (FSDP2 / DTensor) gathered whole; every rank must call this together."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def adapter_state_dict(model: nn.Module, adapter_name: str, bias: str = "none") -> dict[str, torch.Tensor]:
-    """What ``adapter_name`` learned, as contiguous CPU tensors."""
-    return {key: t.detach().to("cpu", copy=True).contiguous() for key, t in _slots(model, adapter_name, bias)}
+    """What ``adapter_name`` learned, as contiguous CPU tensors (sharded parameters gathered: under
+    FSDP every rank calls this)."""
+    return {key: _whole(t.detach()).to("cpu", copy=True).contiguous() for key, t in _slots(model, adapter_name, bias)}
 
 
 @torch.no_grad()
