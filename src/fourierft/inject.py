@@ -97,13 +97,20 @@ def _fused_spec(config: FourierFTConfig, name: str):
     return 1, (0,)
 
 
-def _tied_elsewhere(model: nn.Module, name: str, module: nn.Module) -> list[str]:
-    weight = module.weight
+def _parameter_owners(model: nn.Module) -> dict[int, list[tuple[str, str]]]:
+    """id(parameter) -> every (module name, parameter name) holding it (tied weights have several)."""
+    owners: dict[int, list[tuple[str, str]]] = {}
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for p_name, p in mod.named_parameters(recurse=False, remove_duplicate=False):
+            owners.setdefault(id(p), []).append((mod_name, p_name))
+    return owners
+
+
+def _tied_elsewhere(owners: dict, name: str, module: nn.Module) -> list[str]:
     return [
         f"{mod_name}.{p_name}" if mod_name else p_name
-        for mod_name, mod in model.named_modules(remove_duplicate=False)
-        for p_name, p in mod.named_parameters(recurse=False, remove_duplicate=False)
-        if p is weight and mod_name != name and mod_name != f"{name}.base_layer"
+        for mod_name, p_name in owners.get(id(module.weight), [])
+        if mod_name != name and mod_name != f"{name}.base_layer"
     ]
 
 
@@ -149,6 +156,7 @@ def inject_adapter(model: nn.Module, config: FourierFTConfig, adapter_name: str)
             "exclude it (exclude_modules) or narrow target_modules"
         )
     names = []
+    owners = _parameter_owners(model)
     for name, module in targets:
         layer = module if isinstance(module, FourierFTLayer) else None
         base = layer.base_layer if layer is not None else module
@@ -158,7 +166,7 @@ def inject_adapter(model: nn.Module, config: FourierFTConfig, adapter_name: str)
                 f"module {name!r} is a {type(base).__name__}, which FourierFT cannot adapt; supported: nn.Linear, "
                 "transformers Conv1D, nn.Conv2d, nn.Embedding (without an overridden forward). Exclude it or pick other targets"
             )
-        tied = _tied_elsewhere(model, name, base)
+        tied = _tied_elsewhere(owners, name, base)
         if tied and not config.untie_weights:
             raise ValueError(
                 f"the weight of {name!r} is tied to {tied}; adapting it would change those too. Set untie_weights=True "

@@ -181,6 +181,7 @@ class FourierFTLayer(nn.Module):
         self.fourierft_spectrum = nn.ParameterDict()  # name -> (n,) or (slices, n) coefficients
         self.specs: dict[str, AdapterSpec] = {}
         self.records: dict[str, AdapterRecord] = {}  # name -> spec, positions, kernel indices
+        self._positions: dict[tuple, Positions] = {}  # positions key -> the Positions its adapters share
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self._before_merge: list[torch.Tensor] = []  # weights below float32 as they were before each merge
@@ -214,8 +215,8 @@ class FourierFTLayer(nn.Module):
             raise ValueError(f"adapter slices {spec.slices} must be equal output-row ranges within the layer's {self.d_out} rows")
         weight = self.weight_matrix()
         key = _positions_key(spec)
-        shared = next((r.positions for r in self.records.values() if _positions_key(r.spec) == key), None)
-        positions = shared or Positions.build(spec, self.d_out, self.d_in, weight.device)
+        positions = self._positions.get(key) or Positions.build(spec, self.d_out, self.d_in, weight.device)
+        self._positions[key] = positions
         shape = (spec.n,) if len(spec.slices) == 1 and rows_per == self.d_out else (len(spec.slices), spec.n)
         coeffs = torch.zeros(shape) if init_zeros else torch.randn(shape)
         self.fourierft_spectrum[name] = nn.Parameter(coeffs.to(weight.device))
@@ -225,19 +226,21 @@ class FourierFTLayer(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
         device = self.weight_matrix().device
-        rebuilt: dict[tuple, Positions] = {}
         for name, record in list(self.records.items()):  # follow the weights to their device
             if record.positions.rows.device != device:
                 key = _positions_key(record.spec)
-                if key not in rebuilt:
-                    rebuilt[key] = Positions.build(record.spec, self.d_out, self.d_in, device)
-                self.records[name] = AdapterRecord(record.spec, rebuilt[key])
+                if self._positions[key].rows.device != device:
+                    self._positions[key] = Positions.build(record.spec, self.d_out, self.d_in, device)
+                self.records[name] = AdapterRecord(record.spec, self._positions[key])
         return out
 
     def delete_adapter(self, name):
         if name in self.merged_adapters:
             raise RuntimeError(f"adapter {name!r} is merged into the base weight; unmerge it before deleting")
+        key = _positions_key(self.specs[name])
         del self.fourierft_spectrum[name], self.specs[name], self.records[name]
+        if all(_positions_key(r.spec) != key for r in self.records.values()):
+            del self._positions[key]
         self.active_adapters = [a for a in self.active_adapters if a != name]
 
     def set_active(self, names):
