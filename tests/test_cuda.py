@@ -215,3 +215,25 @@ def test_bf16_training_lowers_loss_with_lora_learning_rate_scale():
         losses.append(loss.item())
     print("bf16 losses", [round(v, 3) for v in losses[::5]])
     assert losses[-1] < losses[0] - 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mixed_adapter_batch_on_the_device(dtype):
+    """adapter_names on CUDA: the batched path equals each row alone (fp32) and stays at bf16 accuracy."""
+    model = _adapted(dtype)
+    torch.manual_seed(5)
+    model.add_adapter("other", FourierFTConfig(n_frequency=300, scaling=300.0, target_modules=["q_proj", "v_proj"]))
+    model.eval()
+    ids = torch.randint(0, 1000, (3, 32), device="cuda")
+    names = ["default", "other", "__base__"]
+    with torch.no_grad():
+        together = model(input_ids=ids, adapter_names=names).logits.float()
+        for i, name in enumerate(names):
+            if name == "__base__":
+                with model.disable_adapter():
+                    alone = model(input_ids=ids[i : i + 1]).logits.float()
+            else:
+                model.set_adapter(name)
+                alone = model(input_ids=ids[i : i + 1]).logits.float()
+            tol = dict(rtol=1e-3, atol=1e-3) if dtype == torch.float32 else dict(rtol=0.05, atol=0.05 * alone.abs().max().item())
+            torch.testing.assert_close(together[i : i + 1], alone, **tol)
