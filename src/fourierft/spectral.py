@@ -17,9 +17,9 @@ rounding of the output.
 
 A map is stored as a CSR pattern over destination columns of the real view (re, im interleaved,
 ``torch.view_as_real``), with, per entry, the source column, the coefficient it multiplies and a
-constant factor (+-1/2 over the normalisation). ``SpectralIndex`` holds, per output-row range, the
-forward map, the transposed map and the folded pairs of the coefficient gradient; it is built once
-per adapter set (``build_index``) and owned by the layer that uses it.
+sign (times 1/2 over the normalisation). ``SpectralIndex`` holds, per output-row range, the forward
+map, the transposed map and the folded pairs of the coefficient gradient; layers build one per
+position set (``build_index``) when an adapter is added, and ``combine`` joins several adapters'.
 
 Pure-PyTorch implementations run everywhere (float64 too) and are the reference for the Triton
 kernels in ``triton_kernels``, used on CUDA when Triton is installed.
