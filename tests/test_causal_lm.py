@@ -190,3 +190,19 @@ def test_two_processes_finish_one_run(tiny_gpt2_dir, e2e_files, tmp_path):
     from fourierft import read_adapter_files
 
     read_adapter_files(out / "adapter")  # complete and consistent
+
+
+def test_int8_base_through_the_recipe(tiny_llama_dir, tmp_path):
+    """quantize=int8: torchao int8 weight-only linear layers (not lm_head) under the adapters; the run trains and saves."""
+    pytest.importorskip("torchao")
+    records = [{"instruction": "say hello", "input": "", "output": "hello world"}] * 8
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = lm.LMConfig(model=tiny_llama_dir, task="instruction", train_file=str(tmp_path / "train.jsonl"), output_dir=str(tmp_path / "run"),
+                      n_frequency=50, scaling=20.0, epochs=2, batch_size=4, quantize="int8", target_modules=["q_proj", "v_proj"])
+    result = lm.train(cfg, quiet=True)
+    layers = [m for m in result["model"].modules() if getattr(m, "quantized", None)]
+    assert len(layers) == 4 and all(m.quantized == "torchao" for m in layers)
+    assert type(result["model"].model.lm_head.weight).__module__.startswith("torch")  # the head is left alone
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+    with pytest.raises(ValueError, match="quantize='int4'"):
+        lm.train(lm.LMConfig(model=tiny_llama_dir, task="instruction", train_file=str(tmp_path / "train.jsonl"), output_dir=str(tmp_path / "bad"), quantize="int4"), quiet=True)

@@ -61,6 +61,8 @@ class LMConfig(RunSettings):
     max_length: int = 256
     label_smoothing: float = 0.0
     gradient_checkpointing: bool = False
+    quantize: str = "none"
+    """"int8": the base's linear layers (not lm_head) in torchao int8 weight-only before adapting them; "none"."""
     num_beams: int = 1
     max_new_tokens: int = 64
 
@@ -167,6 +169,17 @@ def load_base(cfg_model: str, gguf_file: str | None = None):
     return tokenizer, model
 
 
+def quantize_base(model, kind: str) -> None:
+    """Quantize the model's linear layers in place (torchao), except the output head (often tied to the embeddings)."""
+    if kind != "int8":
+        raise DataError(f"quantize={kind!r}: use int8 (torchao int8 weight-only) or none")
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError:
+        raise DataError("quantize=int8 needs torchao: pip install 'fourierft[quant]'") from None
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and not name.endswith("lm_head"))
+
+
 def wrap(model, cfg: LMConfig) -> FourierFTModel:
     model_type = getattr(model.config, "model_type", None)
     fused = {}
@@ -209,6 +222,8 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
         raise DataError("no data: give train_file=<E2E CSV or instruction JSON/JSONL> (and eval_file=)")
     run_dir = start_run(cfg, quiet)
     tokenizer, base = load_base(cfg.model, cfg.gguf_file)
+    if cfg.quantize != "none":
+        quantize_base(base, cfg.quantize)
     templated = cfg.task == "instruction" and bool(getattr(tokenizer, "chat_template", None))
     train_pairs = _pairs(cfg, cfg.train_file, tokenizer)[: cfg.max_train_samples]
     eval_pairs = _pairs(cfg, cfg.eval_file, tokenizer) if cfg.eval_file else []
