@@ -165,20 +165,15 @@ def test_only_the_main_process_writes_the_run_outputs(tiny_gpt2_dir, e2e_files, 
 def test_two_processes_finish_one_run(tiny_gpt2_dir, e2e_files, tmp_path):
     """torchrun with 2 CPU processes (gloo): the run completes and its outputs are written once, whole."""
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
     import fourierft
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(fourierft.__file__).parents[1])}
     out = tmp_path / "two"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "fourierft.cli", "train",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fourierft.cli", "train",
          "--task", "e2e", "--model", tiny_gpt2_dir, "--train-file", str(e2e_files[0]), "--eval-file", str(e2e_files[1]), "--output-dir", str(out),
          "n_frequency=50", "scaling=20", "epochs=1", "batch_size=4", "max_new_tokens=4", "mixed_precision=no"],
         capture_output=True, text=True, env=env,

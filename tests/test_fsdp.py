@@ -4,7 +4,6 @@ loads back exactly."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,14 +25,11 @@ def run(args, env):
 def test_fsdp2_two_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE)])}
     run([sys.executable, str(HERE / "fsdp_run.py"), str(tmp_path / "one"), "single"], env)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "--master_addr=127.0.0.1", str(HERE / "fsdp_run.py"), str(tmp_path / "two"), "fsdp"], env)
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HERE / "fsdp_run.py"), str(tmp_path / "two"), "fsdp"], env)
     one, two = (json.loads((tmp_path / d / "losses.json").read_text()) for d in ("one", "two"))
     assert len(one) == 4 and one[-1] < one[0]
     for a, b in zip(one, two):
-        assert abs(a - b) < 1e-5, (one, two)
+        assert abs(a - b) < 1e-4, (one, two)
     a, b = load_file(tmp_path / "one" / "adapter_model.safetensors"), load_file(tmp_path / "two" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and len(a) == 6
     for key in a:

@@ -143,21 +143,16 @@ def test_only_the_main_process_writes_the_run_outputs(arrays, tmp_path, monkeypa
 def test_two_processes_finish_one_run(arrays, tmp_path):
     """torchrun with 2 CPU processes (gloo): the run completes and its outputs are written once, whole."""
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
     import fourierft
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     paths = [str(Path(fourierft.__file__).parents[1]), str(Path(__file__).parent)]  # the package, and cnn_factory
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
     out = tmp_path / "two"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "fourierft.cli", "train",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fourierft.cli", "train",
          "--task", "image", "--model", "test_image_classification:cnn_factory", "--train-file", str(arrays / "train.npz"), "--eval-file", str(arrays / "eval.npz"),
          "--output-dir", str(out), "image_size=16", "target_modules=0,2", "head=6", "n_frequency=100", "scaling=20", "epochs=1", "batch_size=16", "mixed_precision=no"],
         capture_output=True, text=True, env=env,

@@ -292,13 +292,8 @@ def test_two_processes_match_one(tiny_model, glue_sst2, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(cli.__file__).parents[2])}
     single = subprocess.run([sys.executable, "-m", "fourierft.cli", "train", "--output-dir", str(tmp_path / "one"), "batch_size=8", *common], capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     dist = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "fourierft.cli", "train", "--output-dir", str(tmp_path / "two"), "batch_size=4", *common],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fourierft.cli", "train", "--output-dir", str(tmp_path / "two"), "batch_size=4", *common],
         capture_output=True, text=True, env=env,
     )
     assert dist.returncode == 0, dist.stderr[-3000:]
