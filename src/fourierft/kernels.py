@@ -288,6 +288,20 @@ def base_plus(term: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, bias: 
     return _plus_base_f32(term, x2, weight.t(), out_dtype)
 
 
+def spectral_backward(g2, x2, coeffs, index, want_x: bool, want_c: bool):
+    """The fft path's backward from g2 (T, d_out) and x2 (T, d_in): (g dW in float32/64 or None,
+    dL/dc in the coefficients' dtype or None). The spectrum of x is recomputed: keeping it from the
+    forward would cost more memory than the rFFT costs time."""
+    compute = _compute_dtype(x2, coeffs, g2)
+    gvs = [_half_spectrum(g2 if index.full else g2[:, r.start : r.stop], compute) for r in index.ranges]
+    term = spectral_term_t(gvs, coeffs.to(compute), index) if want_x else None
+    grad_c = None
+    if want_c:
+        xv = _half_spectrum(x2, compute)
+        grad_c = sum(sampled_grad(gv, xv, r, index.n_coeffs) for gv, r in zip(gvs, index.ranges)).to(coeffs.dtype)
+    return term, grad_c
+
+
 class _SpectralTerm(torch.autograd.Function):
     """x dW^T alone (T, d_out) in float32 (float64), differentiable in x and the coefficients: the
     adapter term beside a base layer that computes x W^T itself (quantized weights)."""
@@ -303,17 +317,8 @@ class _SpectralTerm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_term):
         x2, coeffs = ctx.saved_tensors
-        index = ctx.index
-        compute = _compute_dtype(x2, coeffs, grad_term)
-        gvs = [_half_spectrum(grad_term if index.full else grad_term[:, r.start : r.stop], compute) for r in index.ranges]
-        c = coeffs.to(compute)
-        grad_x = grad_c = None
-        if ctx.needs_input_grad[0]:
-            grad_x = spectral_term_t(gvs, c, index).to(x2.dtype)
-        if ctx.needs_input_grad[1]:
-            xv = _half_spectrum(x2, compute)
-            grad_c = sum(sampled_grad(gv, xv, r, index.n_coeffs) for gv, r in zip(gvs, index.ranges)).to(coeffs.dtype)
-        return grad_x, grad_c, None
+        term, grad_c = spectral_backward(grad_term, x2, coeffs, ctx.index, *ctx.needs_input_grad[:2])
+        return (None if term is None else term.to(x2.dtype)), grad_c, None
 
 
 def adapter_term(x: torch.Tensor, coeffs: torch.Tensor, index: SpectralIndex) -> torch.Tensor:
@@ -332,9 +337,7 @@ class _FourierLinear(torch.autograd.Function):
             x2 = x.reshape(-1, d_in)
             xv = _half_spectrum(x2, compute)
             term = spectral_term(xv, coeffs.to(compute), index)  # (T, d_out)
-            if bias is not None:
-                term = term.add_(bias.to(compute))
-            y = _plus_base_f32(term, x2, weight.t(), x.dtype).reshape(*x.shape[:-1], d_out)
+            y = base_plus(term, x2, weight, bias, x.dtype).reshape(*x.shape[:-1], d_out)
             ctx.save_for_backward(x, weight, coeffs)
             return y
         w_eff = effective_weight(weight, plan_delta_weight(coeffs, plan, d_out, d_in), mode == "merged", x.dtype)
@@ -367,21 +370,11 @@ class _FourierLinear(torch.autograd.Function):
     @staticmethod
     def _backward_fft(ctx, grad_out):
         x, weight, coeffs = ctx.saved_tensors
-        index = ctx.index
         d_out, d_in = weight.shape
-        compute = _compute_dtype(x, coeffs, grad_out)
         g2 = grad_out.reshape(-1, d_out)  # (T, d_out)
-        gvs = [_half_spectrum(g2 if index.full else g2[:, r.start : r.stop], compute) for r in index.ranges]
-        c = coeffs.to(compute)
-        grad_x = grad_bias = grad_coeffs = None
-        if ctx.needs_input_grad[0]:
-            term = spectral_term_t(gvs, c, index)  # (T, d_in)
-            grad_x = _plus_base_f32(term, g2, weight, x.dtype).reshape(x.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = g2.sum(0)
-        if ctx.needs_input_grad[3]:
-            xv = _half_spectrum(x.reshape(-1, d_in), compute)  # recomputed: keeping it would cost memory
-            grad_coeffs = sum(sampled_grad(gv, xv, r, index.n_coeffs) for gv, r in zip(gvs, index.ranges)).to(coeffs.dtype)
+        term, grad_coeffs = spectral_backward(g2, x.reshape(-1, d_in), coeffs, ctx.index, ctx.needs_input_grad[0], ctx.needs_input_grad[3])
+        grad_x = None if term is None else _plus_base_f32(term, g2, weight, x.dtype).reshape(x.shape)  # term: (T, d_in)
+        grad_bias = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, None, grad_bias, grad_coeffs, None, None, None
 
 
