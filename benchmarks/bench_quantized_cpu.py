@@ -16,7 +16,7 @@ from pathlib import Path
 def run(out: Path, args, quantize: str) -> dict:
     cmd = [sys.executable, "-m", "fourierft.cli", "train", "--task", "e2e", "--model", args.model, "--train-file", args.train_file,
            "--eval-file", args.eval_file, "--output-dir", str(out), "target_modules=q_proj,v_proj", f"max_train_samples={args.samples}",
-           "max_eval_samples=10", "epochs=1", "batch_size=8", "max_length=96", "max_new_tokens=8", "n_frequency=1000", "scaling=300",
+           "max_eval_samples=10", "epochs=1", "batch_size=8", "max_length=96", "max_new_tokens=8", "n_frequency=1000", "scaling=300", "coefficient_scale=1",
            "init_weights=true", "lr=2e-2", "seed=0", "mixed_precision=no", f"quantize={quantize}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     subprocess.run(cmd, check=True, capture_output=True)

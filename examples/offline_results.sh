@@ -24,7 +24,7 @@ run "$R/rt-full" $rt method=full lr=5e-5 head_lr=5e-3
 # 2. Fashion-MNIST (2,000 / 1,000, 64 px), EfficientNet-Lite0: pointwise convs of the last blocks + head
 blocks=$(python -c 'print(",".join(f"_blocks.{b}._{k}_conv" for b in range(11, 16) for k in ("expand", "project")) + ",_conv_head")')
 img="--task image --model offline_assets:efficientnet_lite0 --train-file $R/assets/fashion-mnist/train.npz --eval-file $R/assets/fashion-mnist/test.npz image_size=64 head=_fc target_modules=$blocks epochs=3 batch_size=32 logging_steps=20 seed=0"
-run "$R/fmnist-fourierft" $img n_frequency=1000 scaling=100 init_weights=true lr=0.05 head_lr=5e-3
+run "$R/fmnist-fourierft" $img n_frequency=1000 scaling=100 coefficient_scale=1 init_weights=true lr=0.05 head_lr=5e-3
 # PEFT's LoRA cannot wrap EfficientNet-Lite's Conv2dStaticSamePadding layers (it rebuilds the layer class,
 # whose constructor asserts image_size is given), so this task has no LoRA row:
 # run "$R/fmnist-lora" $img method=lora lr=1e-3 head_lr=5e-3
@@ -33,12 +33,12 @@ run "$R/fmnist-full" $img method=full lr=1e-4 head_lr=5e-3
 
 # 3. E2E subset (200 / 40 meaning representations; 400 training rows), SmolLM2-135M-Instruct, q,v
 e2e="--task e2e --model $R/assets/smollm2 --train-file $R/assets/e2e/train.csv --eval-file $R/assets/e2e/dev.csv target_modules=q_proj,v_proj max_train_samples=400 epochs=1 batch_size=8 max_length=96 max_new_tokens=48 logging_steps=10 seed=0"
-run "$R/e2e-fourierft" $e2e n_frequency=1000 scaling=300 init_weights=true lr=2e-2
+run "$R/e2e-fourierft" $e2e n_frequency=1000 scaling=300 coefficient_scale=1 init_weights=true lr=2e-2
 run "$R/e2e-lora" $e2e method=lora lr=5e-4
 run "$R/e2e-full" $e2e method=full lr=2e-5
 
 # 4. chatterbot Q/A as instructions (400 training pairs, 50 held out), SmolLM2 chat template, q,v
 chat="--task instruction --model $R/assets/smollm2 --train-file $R/assets/chatterbot/train.jsonl --eval-file $R/assets/chatterbot/eval.jsonl target_modules=q_proj,v_proj max_train_samples=400 epochs=1 batch_size=8 max_length=96 max_new_tokens=48 logging_steps=10 seed=0"
-run "$R/chat-fourierft" $chat n_frequency=1000 scaling=300 init_weights=true lr=2e-2
+run "$R/chat-fourierft" $chat n_frequency=1000 scaling=300 coefficient_scale=1 init_weights=true lr=2e-2
 run "$R/chat-lora" $chat method=lora lr=5e-4
 run "$R/chat-full" $chat method=full lr=2e-5

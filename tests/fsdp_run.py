@@ -22,7 +22,7 @@ if sharded:
     for layer in model.model.model.layers:
         fully_shard(layer)
     fully_shard(model.model)
-opt = torch.optim.AdamW(param_groups(model, lr=5e-2))
+opt = torch.optim.AdamW(param_groups(model, lr=1e-4))
 ids = torch.randint(2, 100, (4, 12), generator=torch.Generator().manual_seed(0))
 rows = ids.shape[0] // world
 mine = ids[rank * rows : (rank + 1) * rows]

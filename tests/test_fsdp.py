@@ -36,4 +36,5 @@ def test_fsdp2_two_processes_match_one(tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
     loaded = FourierFTModel.from_pretrained(tiny_llama(), tmp_path / "two")  # the gathered adapter loads back
     layer = loaded.model.model.layers[0].self_attn.q_proj
-    assert torch.equal(layer.fourierft_spectrum["default"].detach(), b["base_model.model.model.layers.0.self_attn.q_proj.fourierft_spectrum"])
+    saved = layer.fourierft_spectrum["default"].detach() * layer.specs["default"].file_factor  # files hold c, in PEFT's units
+    assert torch.equal(saved, b["base_model.model.model.layers.0.self_attn.q_proj.fourierft_spectrum"])

@@ -13,6 +13,7 @@ from torch import nn
 import fourierft
 from fourierft import FourierFTConfig, FourierFTModel, get_fourierft_model, param_groups
 from fourierft.layer import FourierFTLayer
+from fourierft.config import auto_scaling
 
 
 def adapted_names(model):
@@ -25,7 +26,9 @@ def adapted_names(model):
     [
         (dict(n_frequency=0), "n_frequency must be a positive integer"),
         (dict(n_frequency=1.5), "n_frequency must be a positive integer"),
-        (dict(scaling=float("nan")), "scaling must be a finite number"),
+        (dict(scaling=float("nan")), 'scaling must be "auto" or a finite number'),
+        (dict(scaling="big"), 'scaling must be "auto" or a finite number'),
+        (dict(coefficient_scale=0), "coefficient_scale must be a positive number"),
         (dict(bias="some"), "bias must be one of"),
         (dict(sampler="gauss"), "sampler must be one of"),
         (dict(target_modules=".*q", layers_to_transform=[0]), "layers_to_transform cannot be used"),
@@ -44,8 +47,9 @@ def test_config_rejects_bad_values(kwargs, message):
 def test_config_defaults_match_peft_and_round_trip():
     peft = pytest.importorskip("peft")
     ours, theirs = FourierFTConfig(), peft.FourierFTConfig()
-    for field in ("n_frequency", "scaling", "random_loc_seed", "init_weights", "bias", "fan_in_fan_out"):
+    for field in ("n_frequency", "random_loc_seed", "init_weights", "bias", "fan_in_fan_out"):
         assert getattr(ours, field) == getattr(theirs, field), field
+    assert ours.scaling == "auto" and ours.file_scaling == theirs.scaling == 150.0  # "auto" is 150 at 768 x 768
     cfg = FourierFTConfig(target_modules=["a", "b"], n_frequency_pattern={"a": 3}, fused_slices={"c": {"chunks": 2, "adapt": [1]}})
     assert FourierFTConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -75,7 +79,8 @@ def test_list_regex_exclude_layers_and_patterns():
     assert layers["model.layers.0.self_attn.q_proj"].specs["default"].n == 33
     assert layers["model.layers.1.self_attn.q_proj"].specs["default"].n == 10
     assert layers["model.layers.1.self_attn.v_proj"].specs["default"].scaling == 7.0
-    assert layers["model.layers.1.self_attn.q_proj"].specs["default"].scaling == 150.0
+    q = layers["model.layers.1.self_attn.q_proj"]
+    assert q.specs["default"].scaling == auto_scaling(q.d_out, q.d_in)
 
 
 def test_default_targets_by_model_type():
@@ -165,9 +170,10 @@ def test_param_groups_split_coefficients_and_head(tmp_path):
         param_groups(frozen)
 
 
-def test_default_learning_rates_train_where_one_lr_does_not():
-    """Recover a teacher's spectral update of a 256x256 layer: param_groups' defaults fit it, while a
-    LoRA-style single lr of 1e-4 leaves the loss where it started."""
+def test_one_lora_style_lr_trains_by_default_and_not_in_peft_parametrization():
+    """Recover a teacher's spectral update of a 256x256 layer at one LoRA-style lr of 1e-4: the default
+    parametrization fits it; PEFT's (coefficient_scale=1, scaling 150) leaves the loss where it started
+    and needs the paper's separate coefficient rate (param_groups, 5e-2)."""
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(256, 256))
     teacher = get_fourierft_model(copy.deepcopy(base), FourierFTConfig(target_modules=["0"], random_loc_seed=1))
@@ -175,9 +181,9 @@ def test_default_learning_rates_train_where_one_lr_does_not():
     with torch.no_grad():
         target = teacher(x)
 
-    def run(groups_fn):
+    def run(groups_fn, **config):
         torch.manual_seed(1)
-        model = get_fourierft_model(copy.deepcopy(base), FourierFTConfig(target_modules=["0"], random_loc_seed=1))
+        model = get_fourierft_model(copy.deepcopy(base), FourierFTConfig(target_modules=["0"], random_loc_seed=1, **config))
         opt = torch.optim.AdamW(groups_fn(model))
         losses = []
         for _ in range(150):
@@ -188,10 +194,21 @@ def test_default_learning_rates_train_where_one_lr_does_not():
             losses.append(loss.item())
         return losses[0], losses[-1]
 
-    start, good = run(param_groups)
-    _, bad = run(lambda m: [{"params": [p for p in m.parameters() if p.requires_grad], "lr": 1e-4}])
+    one_lr = lambda m: [{"params": [p for p in m.parameters() if p.requires_grad], "lr": 1e-4}]  # noqa: E731
+    start, good = run(one_lr)
+    start_peft, bad = run(one_lr, scaling=150.0, coefficient_scale=1.0)
+    _, paper = run(lambda m: param_groups(m, lr=5e-2), scaling=150.0, coefficient_scale=1.0)
     assert good < 0.05 * start, (start, good)
-    assert bad > 0.8 * start, (start, bad)
+    assert bad > 0.8 * start_peft, (start_peft, bad)
+    assert paper < 0.05 * start_peft, (start_peft, paper)
+
+
+def test_param_groups_warns_about_paper_rates_in_the_default_parametrization():
+    model = get_fourierft_model(nn.Sequential(nn.Linear(32, 32)), FourierFTConfig(target_modules=["0"], n_frequency=10))
+    with pytest.warns(UserWarning, match="coefficient_scale=512 moves each coefficient by about 25.6"):
+        param_groups(model, lr=5e-2)
+    groups = param_groups(model)  # the defaults: one rate, no warning
+    assert [g["lr"] for g in groups] == [2e-4]
 
 
 # ---- HF integration ----

@@ -58,8 +58,9 @@ def test_same_init_outputs_and_gradients(case):
     our_layers = dict(ours.model.named_modules())
     names = [n for n, m in our_layers.items() if isinstance(m, FourierFTLayer)]
     assert names
-    for name in names:  # same global seed -> same N(0, 1) coefficients, same positions
-        torch.testing.assert_close(our_layers[name].fourierft_spectrum["default"], their_params[f"{name}.fourierft_spectrum.default"], rtol=0, atol=0)
+    k = ours.peft_config["default"].coefficient_scale  # our parameter is c / k (k = 512, a power of two)
+    for name in names:  # same global seed -> same N(0, 1) coefficients c, same positions
+        torch.testing.assert_close(our_layers[name].fourierft_spectrum["default"] * k, their_params[f"{name}.fourierft_spectrum.default"], rtol=0, atol=0)
         their_idx = theirs.base_model.model.get_submodule(name).indices["default"]
         assert torch.equal(torch.stack(our_layers[name].positions("default")), their_idx)
     theirs.train(), ours.train()
@@ -73,8 +74,9 @@ def test_same_init_outputs_and_gradients(case):
     theirs_grads = {n.replace(".modules_to_save.default.", ".modules_to_save.default."): p.grad for n, p in theirs.base_model.model.named_parameters() if p.requires_grad}
     assert set(ours_grads) == set(theirs_grads)
     for name, grad in ours_grads.items():
-        scale = theirs_grads[name].abs().max().item()  # key biases get only rounding noise (softmax is shift-invariant)
-        torch.testing.assert_close(grad, theirs_grads[name], rtol=1e-4, atol=max(1e-5 * scale, 1e-8), msg=name)
+        theirs_grad = theirs_grads[name] * (k if name.endswith("fourierft_spectrum.default") else 1)  # dL/dp = k dL/dc
+        scale = theirs_grad.abs().max().item()  # key biases get only rounding noise (softmax is shift-invariant)
+        torch.testing.assert_close(grad, theirs_grad, rtol=1e-4, atol=max(1e-5 * scale, 1e-8), msg=name)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

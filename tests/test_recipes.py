@@ -64,7 +64,7 @@ def glue_sst2(tmp_path_factory):
 
 
 def small_cfg(model, out, **kw):
-    base = dict(model=model, output_dir=str(out), n_frequency=200, scaling=20.0, target_modules=["query", "key", "value", "dense"], lr=0.1, head_lr=0.01, epochs=3, batch_size=16, eval_batch_size=32, max_length=16, logging_steps=2, seed=0)
+    base = dict(model=model, output_dir=str(out), n_frequency=200, target_modules=["query", "key", "value", "dense"], lr=5e-4, head_lr=0.01, epochs=3, batch_size=16, eval_batch_size=32, max_length=16, logging_steps=2, seed=0)
     return rconfig.TrainConfig(**{**base, **kw})
 
 
@@ -82,7 +82,7 @@ def test_train_writes_the_run_directory(trained_run):
     assert result["eval"]["eval_accuracy"] > 0.75  # one sentiment word decides the label
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in records) and any("eval_accuracy" in r for r in records)
-    assert rconfig.TrainConfig(**__import__("yaml").safe_load((out / "config.yaml").read_text())).lr == 0.1
+    assert rconfig.TrainConfig(**__import__("yaml").safe_load((out / "config.yaml").read_text())).lr == 5e-4
     assert json.loads((out / "results.json").read_text())["f1_positive_label"] == "1"
     checkpoints = list((out / "checkpoints").glob("checkpoint-*"))
     assert checkpoints and all((c / "adapter_model.safetensors").exists() and not (c / "model.safetensors").exists() for c in checkpoints)
@@ -306,12 +306,14 @@ def test_two_processes_match_one(tiny_model, glue_sst2, tmp_path):
 
     set_seed(0)  # the recipe's initial adapter, rebuilt the way train() builds it
     _, base = tc.load_base(tiny_model, tc.LabelSpace(["0", "1"]))
-    initial = tc.wrap(base, rconfig.TrainConfig(n_frequency=100, scaling=20.0))
-    init_state = {f"base_model.model.{n.replace('.default', '').replace('modules_to_save.', '')}": p for n, p in initial.model.named_parameters() if p.requires_grad}
+    tc.wrap(base, rconfig.TrainConfig(n_frequency=100, scaling=20.0)).save_pretrained(tmp_path / "initial")
+    init_state = load_file(tmp_path / "initial" / "adapter_model.safetensors")
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
-        moved = (a[key] - init_state[key]).abs().max()
+        moved = (a[key] - init_state[key]).abs().max().item()
         assert moved > (1e-3 if key.endswith("fourierft_spectrum") else 0), key  # training moved it
+        # both runs moved it the same way (Adam turns rounding-level gradients into +-lr steps, so compare the
+        # update as a whole, not each entry)
+        assert (b[key] - a[key]).norm() <= 1e-2 * (a[key] - init_state[key]).norm(), key
 
 
 @pytest.mark.slow
@@ -471,3 +473,13 @@ def test_no_pickle_reachable_from_loading_or_resuming(tiny_model, glue_sst2, tmp
     tc.load_for_inference(str(out / "best-adapter"))
     tc.train(small_cfg(tiny_model, out, data=str(glue_sst2), epochs=2, max_train_samples=32, resume=True), quiet=True)
     assert calls and all(c is True for c in calls)  # the resume did read optimizer / scheduler / RNG state
+
+
+def test_training_log_says_when_settings_will_not_train(tiny_model, glue_sst2, tmp_path):
+    """The paper's coefficient rate with the default coefficient_scale: the log and results.json say so."""
+    result = tc.train(small_cfg(tiny_model, tmp_path, data=str(glue_sst2), lr=0.05, epochs=1, max_train_samples=64), quiet=True)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert any("diverge" in w for w in saved["warnings"]), saved.get("warnings")
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("diverge" in r.get("warning", "") for r in logged)
+    assert "eval_accuracy" in result["eval"]  # the run itself still completes

@@ -12,7 +12,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["FourierFTConfig", "PEFT_TYPE", "EXTENDED_PEFT_TYPE", "PEFT_FIELDS"]
+__all__ = ["FourierFTConfig", "PEFT_TYPE", "EXTENDED_PEFT_TYPE", "PEFT_FIELDS", "auto_scaling", "AUTO_REFERENCE"]
 
 PEFT_TYPE = "FOURIERFT"
 # Written for adapters that use features PEFT lacks: PEFT fails loudly on an unknown peft_type
@@ -31,6 +31,22 @@ PEFT_FIELDS = (
 _PEFT_ONLY_KEYS = {"peft_type", "auto_mapping", "peft_version", "modules_to_tie", "ensure_weight_tying"}
 
 
+# scaling="auto": the paper's 150 at a 768 x 768 grid (RoBERTa-base), times a power of two near
+# sqrt(rows * cols) / 768 for other grids. Powers of two keep the file coefficients exact (see below).
+AUTO_REFERENCE = (150.0, 768)
+
+
+def auto_scaling(rows: int, cols: int) -> float:
+    """The scaling "auto" gives a (rows, cols) spectral grid: 150 * 2^round(log2(sqrt(rows * cols) / 768)).
+
+    The paper's tuned (scaling x coefficient lr) products, from RoBERTa-base to LLaMA-2-7B, grow about
+    as sqrt(rows * cols) (per-entry dW constant would need rows * cols and overshoots big layers 3-5x);
+    see docs/results.md.
+    """
+    reference, side = AUTO_REFERENCE
+    return reference * 2.0 ** round(math.log2(math.sqrt(rows * cols) / side))
+
+
 def _as_tuple(value, name, item_type):
     if value is None or isinstance(value, str):
         return value
@@ -46,14 +62,24 @@ def _as_tuple(value, name, item_type):
 class FourierFTConfig:
     """Configuration of FourierFT adapters.
 
-    dW = scaling * Re(ifft2(ToDense(E, c))) per adapted layer, with n_frequency learned coefficients c
-    at positions E drawn from ``random_loc_seed`` (see ``fourierft.functional``).
+    dW = scaling * Re(ifft2(ToDense(E, c))) per adapted layer, with n_frequency coefficients c at
+    positions E drawn from ``random_loc_seed`` (see ``fourierft.functional``). The trainable parameter
+    is p = c / coefficient_scale: with the defaults, Adam at LoRA's learning rates (1e-4 - 2e-4, one
+    parameter group) trains the coefficients as the paper's recipes do at 0.05 with coefficient_scale=1.
+
+    Files keep PEFT's format: the saved coefficients are the c that PEFT multiplies by the saved scaling
+    (for "auto", the reference 150 with each layer's factor folded into its coefficients, exactly).
     """
 
     n_frequency: int = 1000
     """Learned coefficients per adapted layer (per adapted slice of a fused layer)."""
-    scaling: float = 150.0
-    """Scale of dW. The paper uses 29-300 (GLUE ~100-150, LLaMA and ViT 300)."""
+    scaling: float | str = "auto"
+    """Scale of dW: "auto" (150 at 768 x 768, scaled by a power of two near sqrt(d_out*d_in)/768 per
+    layer) or a number for every layer (the paper uses 29-300: GLUE ~100-150, LLaMA and ViT 300)."""
+    coefficient_scale: float = 512.0
+    """c = coefficient_scale * p for the trained parameter p. 512 lets one learning rate of 1e-4 - 2e-4
+    train coefficients and heads alike; 1 is the paper's and PEFT's parametrization (coefficient
+    rates 0.04-0.3). A power of two keeps saved coefficients exact."""
     random_loc_seed: int = 777
     """Seed of the spectral positions; the same seed and shape give the same positions (as PEFT)."""
     target_modules: tuple[str, ...] | str | None = None
@@ -125,9 +151,14 @@ class FourierFTConfig:
                 raise ValueError(f"{key} holds an empty module name ({value!r}); give module names such as 'classifier'")
         for key, n in self.n_frequency_pattern.items():
             positive_int(n, f"n_frequency_pattern[{key!r}]")
-        for key, s in {"scaling": self.scaling, **{f"scaling_pattern[{k!r}]": v for k, v in self.scaling_pattern.items()}}.items():
+        if self.scaling != "auto" and (isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)) or not math.isfinite(self.scaling)):
+            raise ValueError(f'scaling must be "auto" or a finite number, got {self.scaling!r}')
+        for key, s in self.scaling_pattern.items():
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-                raise ValueError(f"{key} must be a finite number, got {s!r}")
+                raise ValueError(f"scaling_pattern[{key!r}] must be a finite number, got {s!r}")
+        k = self.coefficient_scale
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
+            raise ValueError(f"coefficient_scale must be a positive number, got {k!r}; 1 is the paper's parametrization")
         if self.bias not in _BIAS:
             raise ValueError(f"bias must be one of {_BIAS}, got {self.bias!r}")
         if self.sampler not in _SAMPLERS:
@@ -152,6 +183,24 @@ class FourierFTConfig:
                 )
             spec["adapt"] = sorted(adapt)
 
+    # ---- per-layer scalings ----
+    @property
+    def file_scaling(self) -> float:
+        """The scaling written to adapter_config.json: the number given, or the reference 150 for "auto"."""
+        return AUTO_REFERENCE[0] if self.scaling == "auto" else float(self.scaling)
+
+    def layer_scaling(self, scaling_for_layer: float | None, rows: int, cols: int) -> float:
+        """A layer's scaling: its scaling_pattern value if any, else "auto" resolved for its (rows, cols)
+        grid, else the number given."""
+        if scaling_for_layer is not None:
+            return float(scaling_for_layer)
+        return auto_scaling(rows, cols) if self.scaling == "auto" else float(self.scaling)
+
+    @property
+    def parametrization(self) -> dict[str, Any]:
+        """What a PEFT-format file cannot hold but training continues from: written to file metadata."""
+        return {"scaling": self.scaling, "coefficient_scale": self.coefficient_scale}
+
     # ---- (de)serialisation: adapter_config.json ----
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -165,6 +214,8 @@ class FourierFTConfig:
         the adapter from them, else every field and "FOURIERFT_EXTENDED" (which PEFT refuses loudly)."""
         full = self.to_dict()
         out = {k: full[k] for k in PEFT_FIELDS} if peft_format else full
+        if peft_format:
+            out["scaling"] = self.file_scaling
         out["peft_type"] = PEFT_TYPE if peft_format else EXTENDED_PEFT_TYPE
         return out
 

@@ -204,8 +204,13 @@ def _add_to_layer(layer: FourierFTLayer, name: str, config: FourierFTConfig, ada
     sampler = config.sampler
     if isinstance(layer, FourierFTEmbedding) and sampler == "uniform":
         sampler = "uniform-fast"
-    scaling = pattern_value(config.scaling_pattern, name, config.scaling)
-    spec = AdapterSpec.make(layer.d_out, n, scaling, config.random_loc_seed, sampler, config.frequency_bias_center, config.frequency_bias_width, chunks, adapt)
+    pattern = pattern_value(config.scaling_pattern, name, None)
+    scaling = config.layer_scaling(pattern, layer.d_out // chunks, layer.d_in)
+    file_scaling = config.file_scaling if pattern is None else float(pattern)
+    spec = AdapterSpec.make(
+        layer.d_out, n, scaling, config.random_loc_seed, sampler, config.frequency_bias_center, config.frequency_bias_width, chunks, adapt,
+        coefficient_scale=config.coefficient_scale, file_scaling=file_scaling,
+    )
     layer.add_adapter(adapter_name, spec, init_zeros=config.init_weights)
 
 

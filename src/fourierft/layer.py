@@ -107,20 +107,33 @@ class AdapterSpec:
     """What one adapter of one layer is: n coefficients per adapted slice, positions from the seed."""
 
     n: int
-    scaling: float
+    scaling: float  # dW = scaling * Re(ifft2(ToDense(E, c)))
     seed: int
     sampler: str  # a key of functional.SAMPLERS
     slices: tuple[tuple[int, int], ...]  # adapted output-row ranges [start, stop) of the weight matrix
     f_c: float = 0.0
     width: float = 200.0
+    coefficient_scale: float = 1.0  # c = coefficient_scale * p, p the trained parameter
+    file_scaling: float | None = None  # the scaling the saved c is multiplied by (None: scaling)
 
     @classmethod
-    def make(cls, d_out: int, n: int, scaling: float, seed: int, sampler: str = "uniform", f_c: float = 0.0, width: float = 200.0, chunks: int = 1, adapt=(0,)) -> AdapterSpec:
+    def make(cls, d_out: int, n: int, scaling: float, seed: int, sampler: str = "uniform", f_c: float = 0.0, width: float = 200.0, chunks: int = 1, adapt=(0,), coefficient_scale: float = 1.0, file_scaling: float | None = None) -> AdapterSpec:
         """The spec of an adapter on ``adapt`` of ``chunks`` equal output slices of a d_out-row weight."""
         if d_out % chunks:
             raise ValueError(f"cannot split {d_out} output rows into {chunks} equal fused slices")
         rows = d_out // chunks
-        return cls(int(n), float(scaling), int(seed), sampler, tuple((a * rows, (a + 1) * rows) for a in adapt), float(f_c), float(width))
+        file_scaling = float(scaling if file_scaling is None else file_scaling)
+        return cls(int(n), float(scaling), int(seed), sampler, tuple((a * rows, (a + 1) * rows) for a in adapt), float(f_c), float(width), float(coefficient_scale), file_scaling)
+
+    @property
+    def factor(self) -> float:
+        """dW per unit of the trained parameter: dW = factor * Re(ifft2(ToDense(E, p)))."""
+        return self.scaling * self.coefficient_scale
+
+    @property
+    def file_factor(self) -> float:
+        """Saved coefficient per unit of the trained parameter (exact when it is a power of two)."""
+        return self.factor / (self.scaling if self.file_scaling is None else self.file_scaling)
 
     @property
     def grid(self) -> int:
@@ -206,7 +219,7 @@ class FourierFTLayer(nn.Module):
 
     # ---- adapters ----
     def add_adapter(self, name: str, spec: AdapterSpec, init_zeros: bool = False):
-        """Add an adapter described by ``spec`` (see ``AdapterSpec.make``): N(0, 1) coefficients, or zeros."""
+        """Add an adapter described by ``spec`` (see ``AdapterSpec.make``): c ~ N(0, 1), or zeros."""
         check_adapter_name(name)
         if name in self.specs:
             raise ValueError(f"adapter {name!r} already exists in this layer")
@@ -218,7 +231,7 @@ class FourierFTLayer(nn.Module):
         positions = self._positions.get(key) or Positions.build(spec, self.d_out, self.d_in, weight.device)
         self._positions[key] = positions
         shape = (spec.n,) if len(spec.slices) == 1 and rows_per == self.d_out else (len(spec.slices), spec.n)
-        coeffs = torch.zeros(shape) if init_zeros else torch.randn(shape)
+        coeffs = torch.zeros(shape) if init_zeros else torch.randn(shape) / spec.coefficient_scale  # c ~ N(0, 1)
         self.fourierft_spectrum[name] = nn.Parameter(coeffs.to(weight.device))
         self.specs[name] = spec
         self.records[name] = AdapterRecord(spec, positions)
@@ -255,7 +268,7 @@ class FourierFTLayer(nn.Module):
         coeffs, plan, offset = [], [], 0
         for name in names:
             record = self.records[name]
-            coeffs.append((self.fourierft_spectrum[name] * record.spec.scaling).reshape(-1))
+            coeffs.append((self.fourierft_spectrum[name] * record.spec.factor).reshape(-1))
             plan += record.blocks(offset)
             offset += coeffs[-1].numel()
         return (coeffs[0] if len(coeffs) == 1 else torch.cat(coeffs)), tuple(plan)
@@ -437,7 +450,7 @@ class FourierFTLinear(FourierFTLayer):
         compute = torch.float64 if torch.float64 in (x.dtype, weight.dtype) else torch.float32
         term = torch.zeros(x2.shape[0], self.d_out, dtype=compute, device=x.device)
         for members in groups.values():
-            table = torch.stack([self.fourierft_spectrum[n].detach().reshape(-1).to(compute) * self.specs[n].scaling for n in members])
+            table = torch.stack([self.fourierft_spectrum[n].detach().reshape(-1).to(compute) * self.specs[n].factor for n in members])
             table = torch.cat([table, table.new_zeros(1, table.shape[1])])  # the last row: rows of other groups / the base
             slot = {n: i for i, n in enumerate(members)}
             which = torch.tensor([slot.get(n, len(members)) for n in names], device=x.device).repeat_interleave(per_row)
@@ -487,7 +500,7 @@ class FourierFTEmbedding(FourierFTLayer):
         for name in names:
             spec = self.specs[name]
             rows, cols = self.positions(name)
-            coeffs = self.fourierft_spectrum[name] * spec.scaling
+            coeffs = self.fourierft_spectrum[name] * spec.factor
             out = out + delta_rows(coeffs, rows, cols, self.d_out, self.d_in, 1.0, ids).to(out.dtype)
         return out
 

@@ -15,7 +15,7 @@ from .config import FourierFTConfig
 from .inject import adapter_layers, default_target_modules, inject_adapter, modules_to_save_wrappers, replace_module, set_trainable
 from .io import CONFIG_NAME, AdapterFileError, read_adapter, write_adapter
 from .layer import BASE_ADAPTER, check_adapter_name, check_mode, per_example_adapters
-from .state import adapter_metadata, adapter_state_dict, check_file, check_layers, check_positions, check_values, load_adapter_state_dict, peft_expressible
+from .state import adapter_metadata, adapter_state_dict, check_file, check_layers, check_positions, check_values, load_adapter_state_dict, peft_expressible, restore_parametrization
 
 __all__ = ["FourierFTModel", "get_fourierft_model", "read_adapter_files"]
 
@@ -259,7 +259,7 @@ class FourierFTModel(nn.Module):
                 payload["fan_in_fan_out"] = True  # what PEFT records for GPT-2 Conv1D targets
             tensors = adapter_state_dict(self.model, name, config.bias)
             if is_main_process:
-                write_adapter(directory, payload, tensors, adapter_metadata(self.model, name))
+                write_adapter(directory, payload, tensors, adapter_metadata(self.model, name, config))
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path_or_id, adapter_name: str = "default", is_trainable: bool = False, subfolder: str | None = None, **hub_kwargs) -> FourierFTModel:
@@ -332,6 +332,7 @@ def read_adapter_files(path_or_id, subfolder: str | None = None, **hub_kwargs) -
         config = FourierFTConfig.from_dict(raw)
     except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:
         raise AdapterFileError(f"{directory / CONFIG_NAME}: {err}") from None
+    config = restore_parametrization(config, metadata, str(directory))
     check_file(config, state, metadata, str(directory))
     return config, state, metadata, directory
 

@@ -21,42 +21,43 @@ from .inject import adapter_layers, modules_to_save_wrappers, pattern_value
 from .io import AdapterFileError
 
 __all__ = [
-    "PREFIX", "adapter_state_dict", "load_adapter_state_dict", "adapter_metadata", "peft_expressible",
+    "PREFIX", "adapter_state_dict", "load_adapter_state_dict", "adapter_metadata", "restore_parametrization", "peft_expressible",
     "check_file", "check_layers", "check_positions", "check_values",
 ]
 
 PREFIX = "base_model.model."
 
 
-def _slots(model: nn.Module, adapter_name: str, bias: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(file key, live tensor) for everything the adapter learned."""
+def _slots(model: nn.Module, adapter_name: str, bias: str) -> Iterator[tuple[str, torch.Tensor, float]]:
+    """(file key, live tensor, file value per unit of the tensor) for everything the adapter learned.
+    Coefficients are saved as the c that PEFT multiplies by the file's scaling (``AdapterSpec.file_factor``)."""
     seen = set()
     for name, layer in adapter_layers(model):
         if adapter_name not in layer.specs:
             continue
-        yield f"{PREFIX}{name}.fourierft_spectrum", layer.fourierft_spectrum[adapter_name]
+        yield f"{PREFIX}{name}.fourierft_spectrum", layer.fourierft_spectrum[adapter_name], layer.specs[adapter_name].file_factor
         layer_bias = getattr(layer.base_layer, "bias", None)
         if bias == "fourier_only" and layer_bias is not None:
             seen.add(f"{name}.base_layer.bias")
-            yield f"{PREFIX}{name}.base_layer.bias", layer_bias
+            yield f"{PREFIX}{name}.base_layer.bias", layer_bias, 1.0
     for name, wrapper in modules_to_save_wrappers(model):
         if adapter_name in wrapper.modules_to_save:
             for key, tensor in wrapper.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
-                yield f"{PREFIX}{name}.{key}", tensor
+                yield f"{PREFIX}{name}.{key}", tensor, 1.0
     if bias == "all":
         for name, param in model.named_parameters():
             parts = set(name.split("."))
             if name.endswith("bias") and name not in seen and parts.isdisjoint({"modules_to_save", "original_module"}):
-                yield f"{PREFIX}{name}", param
+                yield f"{PREFIX}{name}", param, 1.0
         # PEFT also writes the biases of saved modules under their wrapper paths (the copy's again)
         for name, wrapper in modules_to_save_wrappers(model):
             if adapter_name in wrapper.modules_to_save:
                 for pname, param in wrapper.original_module.named_parameters():
                     if pname.endswith("bias"):
-                        yield f"{PREFIX}{name}.original_module.{pname}", param
+                        yield f"{PREFIX}{name}.original_module.{pname}", param, 1.0
                 for pname, param in wrapper.modules_to_save[adapter_name].named_parameters():
                     if pname.endswith("bias"):
-                        yield f"{PREFIX}{name}.modules_to_save.{pname}", param
+                        yield f"{PREFIX}{name}.modules_to_save.{pname}", param, 1.0
 
 
 def _whole(t: torch.Tensor) -> torch.Tensor:
@@ -67,16 +68,20 @@ def _whole(t: torch.Tensor) -> torch.Tensor:
 def adapter_state_dict(model: nn.Module, adapter_name: str, bias: str = "none") -> dict[str, torch.Tensor]:
     """What ``adapter_name`` learned, as contiguous CPU tensors (sharded parameters gathered: under
     FSDP every rank calls this)."""
-    return {key: _whole(t.detach()).to("cpu", copy=True).contiguous() for key, t in _slots(model, adapter_name, bias)}
+    out = {}
+    for key, t, factor in _slots(model, adapter_name, bias):
+        t = _whole(t.detach()).to("cpu", copy=True).contiguous()
+        out[key] = t.mul_(factor) if factor != 1.0 else t
+    return out
 
 
 @torch.no_grad()
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str, bias: str = "none", source: str = "state dict") -> None:
     """Copy ``state`` into the adapter's tensors; every key must be expected and present, with the right shape."""
-    pairs = list(_slots(model, adapter_name, bias))
-    slots = dict(pairs)
+    triples = list(_slots(model, adapter_name, bias))
+    slots = {key: (target, factor) for key, target, factor in triples}
     seen: dict[int, str] = {}
-    for key, target in pairs:  # one tensor under two keys (PEFT's bias="all" files): both values must agree
+    for key, target, _ in triples:  # one tensor under two keys (PEFT's bias="all" files): both values must agree
         first = seen.setdefault(id(target), key)
         if first != key and key in state and first in state and not torch.equal(state[key], state[first]):
             raise ValueError(f"{source}: {key} and {first} hold the same parameter but different values; the file is inconsistent")
@@ -88,17 +93,42 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], ad
             f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}. "
             "Was it trained on another base model, or with other target_modules / modules_to_save / bias?"
         )
-    for key, target in slots.items():
+    for key, (target, factor) in slots.items():
         value = state[key]
         if value.shape != target.shape:
             raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(target.shape)}")
-        target.copy_(value.to(target.dtype))
+        target.copy_(value.to(target.dtype) / factor if factor != 1.0 else value.to(target.dtype))
 
 
 # ---- what the files record about the model, and the checks against it ----
-def adapter_metadata(model: nn.Module, adapter_name: str) -> dict[str, str]:
-    """Safetensors metadata describing the adapter's layers: position fingerprints and layer records."""
-    return {**positions_metadata(model, adapter_name), "fourierft.layers": layers_metadata(model, adapter_name)}
+def adapter_metadata(model: nn.Module, adapter_name: str, config: FourierFTConfig) -> dict[str, str]:
+    """Safetensors metadata describing the adapter's layers (position fingerprints, layer records) and the
+    parametrization training continues from (scaling "auto", coefficient_scale), which PEFT's config lacks."""
+    return {
+        **positions_metadata(model, adapter_name),
+        "fourierft.layers": layers_metadata(model, adapter_name),
+        "fourierft.parametrization": json.dumps(config.parametrization, sort_keys=True),
+    }
+
+
+def restore_parametrization(config: FourierFTConfig, metadata: dict[str, str], source: str) -> FourierFTConfig:
+    """The config with the parametrization the file's metadata records (a PEFT-format config holds only
+    the file scaling). Files without it (PEFT's) keep their number and this package's coefficient_scale."""
+    recorded = metadata.get("fourierft.parametrization")
+    if recorded is None:
+        return config
+    try:
+        recorded = json.loads(recorded)
+        assert isinstance(recorded, dict) and set(recorded) == {"scaling", "coefficient_scale"}
+        restored = config.replace(**recorded)
+    except (json.JSONDecodeError, AssertionError, TypeError, ValueError):
+        raise AdapterFileError(f"{source}: the weights file's fourierft.parametrization metadata is damaged") from None
+    if restored.file_scaling != config.file_scaling:
+        raise AdapterFileError(
+            f"{source}: adapter_config.json gives scaling {config.scaling!r} but the weights were written with scaling "
+            f"{recorded['scaling']!r} (file scaling {restored.file_scaling:g}); the config was edited or the files do not belong together"
+        )
+    return restored
 
 
 def peft_expressible(model, config: FourierFTConfig, adapter_name: str) -> bool:
@@ -131,14 +161,15 @@ def positions_metadata(model, adapter_name: str) -> dict[str, str]:
 
 
 def layers_metadata(model, adapter_name: str) -> str:
-    """JSON {layer: {d_out, d_in, grid_rows, n, slices, scaling, seed, sampler}} for tools that read files alone."""
+    """JSON {layer: {d_out, d_in, grid_rows, n, slices, scaling, seed, sampler}} for tools that read files alone
+    (``scaling``: what the saved coefficients are multiplied by)."""
     layers = {}
     for name, layer in adapter_layers(model):
         spec = layer.specs.get(adapter_name)
         if spec is not None:
             layers[name] = {
                 "d_out": layer.d_out, "d_in": layer.d_in, "grid_rows": spec.grid, "n": spec.n, "slices": [list(s) for s in spec.slices],
-                "scaling": spec.scaling, "seed": spec.seed, "sampler": spec.sampler, "f_c": spec.f_c, "width": spec.width, "type": type(layer).__name__,
+                "scaling": spec.file_scaling, "seed": spec.seed, "sampler": spec.sampler, "f_c": spec.f_c, "width": spec.width, "type": type(layer).__name__,
             }
     return json.dumps(layers, sort_keys=True)
 
@@ -182,7 +213,7 @@ def check_layers(model, adapter_name: str, metadata: dict[str, str], source: str
 
 def check_values(model, adapter_name: str, source: str) -> None:
     """Finite coefficients, and a dW no larger than 1e6 x the base weight's largest entry (bounded
-    without forming dW: |dW[p, q]| <= scaling * sum |c| / (grid_rows * d_in))."""
+    without forming dW: |dW[p, q]| <= scaling * sum |c| / (grid_rows * d_in), c in file units)."""
     for name, layer in adapter_layers(model):
         spec = layer.specs.get(adapter_name)
         if spec is None:
@@ -190,13 +221,13 @@ def check_values(model, adapter_name: str, source: str) -> None:
         coeffs = layer.fourierft_spectrum[adapter_name].detach().double()
         if not torch.isfinite(coeffs).all():
             raise AdapterFileError(f"{source}: {name}: the coefficients hold NaN or Inf values; the adapter is broken")
-        bound = spec.scaling * coeffs.abs().sum(-1).max().item() / (spec.grid * layer.d_in)
+        bound = spec.factor * coeffs.abs().sum(-1).max().item() / (spec.grid * layer.d_in)
         largest = layer.weight_scale()
         if largest is None:  # a weight that cannot be read back (bitsandbytes 4-bit): a fixed bound
             largest = 1.0
         if not bound <= 1e6 * max(largest, 1e-6):
             raise AdapterFileError(
-                f"{source}: {name}: scaling {spec.scaling:g} times these coefficients gives weight updates up to {bound:.3g}, "
+                f"{source}: {name}: scaling {spec.file_scaling:g} times these coefficients gives weight updates up to {bound:.3g}, "
                 f"against base weights of at most {largest:.3g}; the adapter or its scaling is broken"
             )
 
@@ -222,7 +253,7 @@ def check_file(config: FourierFTConfig, state: dict[str, torch.Tensor], metadata
         n = pattern_value(config.n_frequency_pattern, name, config.n_frequency)
         if config.clamp_n_frequency and isinstance(rec.get("grid_rows"), int) and isinstance(rec.get("d_in"), int):
             n = min(n, rec["grid_rows"] * rec["d_in"])
-        expected = {"scaling": float(pattern_value(config.scaling_pattern, name, config.scaling)), "n": n, "seed": config.random_loc_seed}
+        expected = {"scaling": float(pattern_value(config.scaling_pattern, name, config.file_scaling)), "n": n, "seed": config.random_loc_seed}
         for field, value in expected.items():
             if rec.get(field) != value:
                 raise AdapterFileError(

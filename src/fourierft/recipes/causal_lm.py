@@ -46,13 +46,16 @@ class LMConfig(RunSettings):
     eval_file: str | None = None
     output_dir: str = "runs/causal-lm"
     n_frequency: int = 1000
-    scaling: float = 300.0
+    scaling: float | str = "auto"
+    """dW scale: "auto" (150 at 768 x 768, per layer size) or one number for every layer (the paper: 300)."""
+    coefficient_scale: float = 512.0
+    """Trained parameter = coefficient / coefficient_scale: 512 trains at LoRA's rates; 1 is the paper's (rates 0.02-0.1)."""
     target_modules: list[str] | None = None
     """None: q and v projections (GPT-2: the q and v slices of c_attn)."""
     random_loc_seed: int = 777
     init_weights: bool = False
-    lr: float = 3e-2
-    """Learning rate of the FourierFT coefficients."""
+    lr: float = 2e-4
+    """Learning rate of the trained parameters."""
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     epochs: float = 1.0
@@ -72,9 +75,9 @@ NAME = "causal-lm"
 TASKS = {"e2e", "instruction"}
 
 LM_PRESETS = {
-    "e2e-gpt2-medium": dict(model="openai-community/gpt2-medium", task="e2e", lr=2e-2, weight_decay=0.01, batch_size=128, epochs=5, n_frequency=1000, scaling=300.0, label_smoothing=0.1, num_beams=10),
-    "e2e-gpt2-large": dict(model="openai-community/gpt2-large", task="e2e", lr=5e-2, weight_decay=0.03, batch_size=128, epochs=5, n_frequency=1000, scaling=300.0, label_smoothing=0.1, num_beams=10),
-    "alpaca-llama2-7b": dict(model="meta-llama/Llama-2-7b-hf", task="instruction", lr=3e-2, batch_size=4, grad_accum=4, epochs=1, max_length=512, n_frequency=1000, scaling=300.0, target_modules=["q_proj", "v_proj"], warmup_ratio=0.05),
+    "e2e-gpt2-medium": dict(model="openai-community/gpt2-medium", task="e2e", lr=2e-2, weight_decay=0.01, batch_size=128, epochs=5, n_frequency=1000, scaling=300.0, coefficient_scale=1.0, label_smoothing=0.1, num_beams=10),
+    "e2e-gpt2-large": dict(model="openai-community/gpt2-large", task="e2e", lr=5e-2, weight_decay=0.03, batch_size=128, epochs=5, n_frequency=1000, scaling=300.0, coefficient_scale=1.0, label_smoothing=0.1, num_beams=10),
+    "alpaca-llama2-7b": dict(model="meta-llama/Llama-2-7b-hf", task="instruction", lr=3e-2, batch_size=4, grad_accum=4, epochs=1, max_length=512, n_frequency=1000, scaling=300.0, coefficient_scale=1.0, target_modules=["q_proj", "v_proj"], warmup_ratio=0.05),
 }
 
 
@@ -187,7 +190,7 @@ def wrap(model, cfg: LMConfig) -> FourierFTModel:
     if targets is None and model_type == "gpt2":
         targets, fused = ["c_attn"], {"c_attn": {"chunks": 3, "adapt": [0, 2]}}  # q and v of the fused q, k, v
     adapter_cfg = FourierFTConfig(
-        n_frequency=cfg.n_frequency, scaling=cfg.scaling, target_modules=targets, random_loc_seed=cfg.random_loc_seed,
+        n_frequency=cfg.n_frequency, scaling=cfg.scaling, coefficient_scale=cfg.coefficient_scale, target_modules=targets, random_loc_seed=cfg.random_loc_seed,
         init_weights=cfg.init_weights, fused_slices=fused, task_type="CAUSAL_LM",
     )
     return get_fourierft_model(model, adapter_cfg)

@@ -60,16 +60,19 @@ class TrainConfig(RunSettings):
     output_dir: str = "runs/text-classification"
     # adapter
     n_frequency: int = 1000
-    scaling: float = 150.0
+    scaling: float | str = "auto"
+    """dW scale: "auto" (150 at 768 x 768, per layer size) or one number for every layer (the paper's)."""
+    coefficient_scale: float = 512.0
+    """Trained parameter = coefficient / coefficient_scale: 512 trains at LoRA's rates; 1 is the paper's (rates 0.04-0.3)."""
     target_modules: list[str] | None = None
     """None: the model type's attention query and value projections."""
     random_loc_seed: int = 777
     init_weights: bool = False
     # optimisation
-    lr: float = 5e-2
-    """Learning rate of the FourierFT coefficients (the paper uses 0.04-0.3)."""
-    head_lr: float = 5e-3
-    """Learning rate of the task head (the paper uses 0.001-0.011)."""
+    lr: float = 2e-4
+    """Learning rate of the FourierFT coefficients (and of the head unless head_lr is given)."""
+    head_lr: float | None = None
+    """Learning rate of the task head; None: lr (the paper's presets use 0.001-0.011)."""
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     epochs: float = 3.0
@@ -99,7 +102,7 @@ _GLUE = {
 PRESETS: dict[str, dict[str, Any]] = {
     f"glue-{task}-roberta-{size}": dict(
         model=f"FacebookAI/roberta-{size}", task=task, epochs=e, batch_size=b, max_length=l, lr=lr, head_lr=hlr,
-        scaling=s, n_frequency=1000, target_modules=["query", "value"], warmup_ratio=0.06, weight_decay=0.0,
+        scaling=s, coefficient_scale=1.0, n_frequency=1000, target_modules=["query", "value"], warmup_ratio=0.06, weight_decay=0.0,
     )
     for (task, size), (e, b, l, lr, hlr, s) in _GLUE.items()
 }
@@ -152,6 +155,8 @@ def coerce(name: str, value: Any, cls: type = TrainConfig) -> Any:
             value = yaml.safe_load(value)
     base = args[0] if args else hint
     origin = typing.get_origin(base)
+    if set(args) == {float, str} and value == "auto":  # scaling
+        return value
     try:
         if origin is list:
             if isinstance(value, str):

@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     cfg = TrainConfig(
         model=str(model_dir), task="classification", output_dir=str(run_dir),
         train_file=str(run_dir / "data" / "train.jsonl"), eval_file=str(run_dir / "data" / "heldout.jsonl"),
-        n_frequency=1000, scaling=150.0, target_modules=["query", "value"],
+        n_frequency=1000, scaling=150.0, coefficient_scale=1.0, target_modules=["query", "value"],
         lr=5e-2, head_lr=5e-3, epochs=args.epochs, batch_size=32, eval_batch_size=128, max_length=64,
         seed=0, logging_steps=25, eval_before=True,
     )

@@ -16,9 +16,10 @@ RUN_INFO = "run_info.json"
 
 
 def trainer_classes():
-    from transformers import Trainer, TrainerCallback
+    from transformers import Trainer
 
     from fourierft import FourierFTModel
+    from fourierft.callbacks import TrainingCheck
 
     class FourierFTTrainer(Trainer):
         """Checkpoints hold only the adapter (safetensors); resuming and best-model loading read it back.
@@ -54,16 +55,31 @@ def trainer_classes():
                 return torch.utils.data.SequentialSampler(dataset if dataset is not None else self.train_dataset)
             return super()._get_train_sampler(*args, **kwargs)
 
-    class RunLog(TrainerCallback):
-        """metrics.jsonl of every log and evaluation; the newest adapter in last-adapter/."""
+    class RunLog(TrainingCheck):
+        """metrics.jsonl of every log and evaluation, and of the warnings of settings that will not train
+        (``fourierft.TrainingCheck``); the newest adapter in last-adapter/."""
 
         def __init__(self, run_dir: Path, info: dict):
+            super().__init__()
             self.run_dir, self.info = run_dir, info
+            self._step = 0
+
+        def _write(self, record: dict):
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+        def _say(self, messages):
+            super()._say(messages)
+            for m in messages:
+                self._write({"step": self._step, "warning": m})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._step = state.global_step
+            super().on_step_end(args, state, control, **kwargs)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+                self._write({"step": state.global_step, "epoch": state.epoch, **logs})
 
         def on_save(self, args, state, control, model=None, **kwargs):
             if state.is_world_process_zero and model is not None:
@@ -140,6 +156,9 @@ def finish_run(trainer, model, directory: Path, info: dict, method: str, summary
         return None
     saved = save_outcome(model, directory, info, method, tokenizer)
     summary["saved_bytes"] = saved
+    warned = [m for cb in trainer.callback_handler.callbacks for m in getattr(cb, "messages", [])]
+    if warned:
+        summary["warnings"] = warned
     if before_write is not None:
         before_write(summary)
     (Path(directory).parent / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -43,7 +43,10 @@ class ImageConfig(RunSettings):
     """Normalisation; None: the model's preprocessor_config.json, else 0.5."""
     std: list[float] | None = None
     n_frequency: int = 3000
-    scaling: float = 300.0
+    scaling: float | str = "auto"
+    """dW scale: "auto" (150 at 768 x 768, per layer size) or one number for every layer (the paper: 300)."""
+    coefficient_scale: float = 512.0
+    """Trained parameter = coefficient / coefficient_scale: 512 trains at LoRA's rates; 1 is the paper's (rates 0.2-0.3)."""
     target_modules: list[str] | None = None
     """None: the model type's query and value projections (ViT)."""
     n_frequency_pattern: dict[str, int] | None = None
@@ -53,8 +56,10 @@ class ImageConfig(RunSettings):
     """Small layers (e.g. 1x1 convolutions) use all their spectral entries rather than failing."""
     head: list[str] | None = None
     """Modules trained fully (the new classifier); None: "classifier" if the model has one."""
-    lr: float = 0.3
-    head_lr: float = 1e-3
+    lr: float = 1e-3
+    """Learning rate of the FourierFT coefficients (and of the head unless head_lr is given)."""
+    head_lr: float | None = None
+    """Learning rate of the head; None: lr (the paper's presets use 7e-4 - 1e-3)."""
     weight_decay: float = 1e-4
     warmup_ratio: float = 0.06
     epochs: float = 10.0
@@ -74,7 +79,7 @@ def merge(adapter: str, out_dir: str, model: str | None = None) -> Path:
 
 
 IMAGE_PRESETS = {
-    f"vit-base-{name}": dict(model="google/vit-base-patch16-224-in21k", n_frequency=3000, scaling=300.0, epochs=10, batch_size=40, grad_accum=5, lr=lr, head_lr=head_lr, weight_decay=wd, image_size=224)
+    f"vit-base-{name}": dict(model="google/vit-base-patch16-224-in21k", n_frequency=3000, scaling=300.0, coefficient_scale=1.0, epochs=10, batch_size=40, grad_accum=5, lr=lr, head_lr=head_lr, weight_decay=wd, image_size=224)
     for name, lr, head_lr, wd in [
         ("pets", 0.3, 1e-3, 8e-4), ("cars", 0.3, 1e-3, 4e-5), ("cifar10", 0.3, 1e-3, 9e-5), ("dtd", 0.3, 1e-3, 7e-5),
         ("fgvc", 0.3, 1e-3, 7e-5), ("resisc45", 0.3, 1e-3, 3e-4), ("eurosat", 0.2, 8e-4, 3e-4), ("cifar100", 0.2, 7e-4, 1e-4),
@@ -171,7 +176,7 @@ def load_model(cfg: ImageConfig, num_classes: int):
 def wrap(model, cfg: ImageConfig):
     head = cfg.head if cfg.head is not None else [n for n in ("classifier",) if hasattr(model, n)]
     adapter_cfg = FourierFTConfig(
-        n_frequency=cfg.n_frequency, scaling=cfg.scaling, target_modules=cfg.target_modules, n_frequency_pattern=cfg.n_frequency_pattern or {},
+        n_frequency=cfg.n_frequency, scaling=cfg.scaling, coefficient_scale=cfg.coefficient_scale, target_modules=cfg.target_modules, n_frequency_pattern=cfg.n_frequency_pattern or {},
         clamp_n_frequency=cfg.clamp_n_frequency, modules_to_save=head or None, init_weights=cfg.init_weights,
     )
     return get_fourierft_model(model, adapter_cfg)
@@ -207,7 +212,7 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     else:
         heads = cfg.head if cfg.head is not None else [n for n in ("classifier",) if hasattr(model, n)]
         targets = cfg.target_modules or default_target_modules(model)
-        model, groups = prepare_baseline(cfg.method, model, targets, heads, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.lora_rank)
+        model, groups = prepare_baseline(cfg.method, model, targets, heads, cfg.lr, cfg.lr if cfg.head_lr is None else cfg.head_lr, cfg.weight_decay, cfg.lora_rank)
     model.accepts_loss_kwargs = False
     info = {"model": cfg.model, "classes": classes, "image_size": cfg.image_size, "mean": mean, "std": std, "auto_class": "AutoModelForImageClassification", "recipe": NAME}
 

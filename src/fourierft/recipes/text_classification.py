@@ -162,6 +162,7 @@ def wrap(model, cfg: TrainConfig) -> FourierFTModel:
     adapter_cfg = FourierFTConfig(
         n_frequency=cfg.n_frequency,
         scaling=cfg.scaling,
+        coefficient_scale=cfg.coefficient_scale,
         target_modules=cfg.target_modules,
         random_loc_seed=cfg.random_loc_seed,
         init_weights=cfg.init_weights,
@@ -218,7 +219,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
         groups = param_groups(model, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     else:
         targets = cfg.target_modules or default_target_modules(base)
-        model, groups = prepare_baseline(cfg.method, base, targets, head_names(base), cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.lora_rank)
+        model, groups = prepare_baseline(cfg.method, base, targets, head_names(base), cfg.lr, cfg.lr if cfg.head_lr is None else cfg.head_lr, cfg.weight_decay, cfg.lora_rank)
     # Sequence-classification losses are per-process means that ignore num_items_in_batch; without this,
     # Trainer would scale the loss by the number of processes under DDP and clip different gradients.
     model.accepts_loss_kwargs = False
