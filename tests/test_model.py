@@ -258,7 +258,7 @@ def test_import_does_not_load_transformers():
 def test_public_api_is_small_and_explicit():
     assert set(fourierft.__all__) == {
         "AdapterFileError", "BASE_ADAPTER", "FourierFTConfig", "FourierFTModel", "accelerate_peft", "default_target_modules",
-        "functional", "get_fourierft_model", "param_groups", "read_adapter_files",
+        "functional", "get_fourierft_model", "param_groups", "read_adapter_files", "TrainingCheck",
     }
 
 

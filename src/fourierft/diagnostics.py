@@ -50,11 +50,10 @@ def layer_scales(model: nn.Module, lr: float | None = None) -> list[LayerScale]:
     """Per trained adapter and layer: ||W||, ||dW|| and, given Adam's lr, the size of one step."""
     out = []
     for name, layer, adapter, spec in _adapted(model):
-        try:
-            weight = layer.weight_matrix().detach().float()
-        except (NotImplementedError, RuntimeError, AttributeError):  # packed weights that cannot be read back
+        weight = layer.readable_weight()
+        if weight is None:  # packed weights that cannot be read back (bitsandbytes)
             continue
-        rows = torch.cat([weight[a:b] for a, b in spec.slices])
+        rows = torch.cat([weight[a:b].float() for a, b in spec.slices])
         grid = spec.grid * layer.d_in
         p = layer.fourierft_spectrum[adapter].detach().float()
         total_n = p.numel()
@@ -106,7 +105,10 @@ def movement_warnings(model: nn.Module, before: dict[tuple[str, str], torch.Tens
     for name, layer, adapter, spec in _adapted(model):
         if (name, adapter) not in before:
             continue
-        weight = torch.cat([layer.weight_matrix().detach().float()[a:b] for a, b in spec.slices]).norm().item()
+        readable = layer.readable_weight()
+        if readable is None:
+            continue
+        weight = torch.cat([readable[a:b].float() for a, b in spec.slices]).norm().item()
         change = (layer.fourierft_spectrum[adapter].detach().float().cpu() - before[name, adapter]).norm().item()
         if weight > 0:
             moved.append(spec.factor * change / math.sqrt(2 * spec.grid * layer.d_in) / weight)

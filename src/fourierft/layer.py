@@ -208,7 +208,12 @@ class FourierFTLayer(nn.Module):
 
     def weight_scale(self) -> float | None:
         """The largest |entry| of the base weight (dequantized), or None where it cannot be read."""
-        return float(self.weight_matrix().detach().abs().max())
+        weight = self.readable_weight()
+        return None if weight is None else float(weight.abs().max())
+
+    def readable_weight(self) -> torch.Tensor | None:
+        """The base weight as a plain (d_out, d_in) tensor (dequantized), or None where it cannot be read."""
+        return self.weight_matrix().detach()
 
     def weight_matrix(self) -> torch.Tensor:
         """The base weight viewed as (d_out, d_in), sharing storage."""
@@ -403,11 +408,10 @@ class FourierFTLinear(FourierFTLayer):
             return self.base_layer.out_features, self.base_layer.in_features
         return super()._shape()
 
-    def weight_scale(self):
-        weight = self.base_layer.weight
+    def readable_weight(self):
         if self.quantized == "torchao":
-            return float(weight.dequantize().abs().max())
-        return None if self.quantized else super().weight_scale()
+            return self.base_layer.weight.dequantize()
+        return None if self.quantized else super().readable_weight()
 
     def weight_matrix(self):
         w = self.base_layer.weight

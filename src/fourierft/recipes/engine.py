@@ -19,7 +19,7 @@ def trainer_classes():
     from transformers import Trainer
 
     from fourierft import FourierFTModel
-    from fourierft.callbacks import TrainingCheck
+    from fourierft import TrainingCheck
 
     class FourierFTTrainer(Trainer):
         """Checkpoints hold only the adapter (safetensors); resuming and best-model loading read it back.
