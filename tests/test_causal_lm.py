@@ -93,7 +93,7 @@ def test_loss_is_on_the_response_only(tiny_gpt2_dir):
 
 def test_e2e_gpt2_trains_scores_and_generates(tiny_gpt2_dir, e2e_files, tmp_path, capsys):
     cfg = lm.LMConfig(model=tiny_gpt2_dir, task="e2e", train_file=str(e2e_files[0]), eval_file=str(e2e_files[1]), output_dir=str(tmp_path / "run"),
-                      n_frequency=200, scaling=20.0, lr=0.05, epochs=3, batch_size=8, max_new_tokens=8, logging_steps=1, label_smoothing=0.1)
+                      n_frequency=200, epochs=3, batch_size=8, max_new_tokens=8, logging_steps=1, label_smoothing=0.1)  # default lr, scaling
     result = lm.train(cfg, quiet=True)
     layers = [m for m in result["model"].modules() if isinstance(m, FourierFTLayer)]
     assert len(layers) == 2 and all(m.specs["default"].slices == ((0, 32), (64, 96)) for m in layers)  # q and v of c_attn
@@ -155,7 +155,7 @@ def test_only_the_main_process_writes_the_run_outputs(tiny_gpt2_dir, e2e_files, 
 
     monkeypatch.setattr(Trainer, "is_world_process_zero", lambda self: False)
     cfg = lm.LMConfig(model=tiny_gpt2_dir, task="e2e", train_file=str(e2e_files[0]), eval_file=str(e2e_files[1]), output_dir=str(tmp_path / "run"),
-                      n_frequency=50, scaling=20.0, lr=0.05, epochs=1, batch_size=8, max_new_tokens=4)
+                      n_frequency=50, scaling=20.0, lr=1e-3, epochs=1, batch_size=8, max_new_tokens=4)
     result = lm.train(cfg, quiet=True)
     assert result["saved_bytes"] is None
     for name in ("adapter", "results.json", "plots", "generations.jsonl"):

@@ -43,7 +43,7 @@ def cnn_factory(num_classes):
 def test_cnn_with_conv2d_adapters_from_arrays(arrays, tmp_path):
     cfg = ic.ImageConfig(model="test_image_classification:cnn_factory", train_file=str(arrays / "train.npz"), eval_file=str(arrays / "eval.npz"),
                          output_dir=str(tmp_path / "cnn"), image_size=16, target_modules=["0", "2"], head=["6"], n_frequency=500,
-                         scaling=20.0, lr=0.05, head_lr=0.01, epochs=4, batch_size=16, logging_steps=2)
+                         epochs=4, batch_size=16, logging_steps=2)  # the recipe's defaults: scaling "auto", one lr
     result = ic.train(cfg, quiet=True)
     layers = {n: m for n, m in result["model"].model.named_modules() if isinstance(m, FourierFTLayer)}
     assert set(layers) == {"0", "2"} and all(isinstance(m, FourierFTConv2d) for m in layers.values())
@@ -65,7 +65,7 @@ def test_tiny_vit_from_an_image_folder(tmp_path):
     torch.manual_seed(0)
     ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=16, patch_size=4, num_labels=3)).save_pretrained(tmp_path / "vit")
     cfg = ic.ImageConfig(model=str(tmp_path / "vit"), train_file=str(tmp_path / "train"), eval_file=str(tmp_path / "eval"), output_dir=str(tmp_path / "run"),
-                         image_size=16, n_frequency=200, scaling=50.0, lr=0.1, head_lr=0.05, epochs=8, batch_size=16, logging_steps=2)
+                         image_size=16, n_frequency=200, epochs=8, batch_size=16, logging_steps=2)  # the recipe's defaults
     result = ic.train(cfg, quiet=True)
     names = [n for n, m in result["model"].model.named_modules() if isinstance(m, FourierFTLayer)]
     assert len(names) == 4 and all(n.endswith(("q_proj", "v_proj", "query", "value")) for n in names)

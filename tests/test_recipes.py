@@ -64,7 +64,7 @@ def glue_sst2(tmp_path_factory):
 
 
 def small_cfg(model, out, **kw):
-    base = dict(model=model, output_dir=str(out), n_frequency=200, target_modules=["query", "key", "value", "dense"], lr=5e-4, head_lr=0.01, epochs=3, batch_size=16, eval_batch_size=32, max_length=16, logging_steps=2, seed=0)
+    base = dict(model=model, output_dir=str(out), n_frequency=200, target_modules=["query", "key", "value", "dense"], lr=1e-3, epochs=3, batch_size=16, eval_batch_size=32, max_length=16, logging_steps=2, seed=0)
     return rconfig.TrainConfig(**{**base, **kw})
 
 
@@ -82,7 +82,7 @@ def test_train_writes_the_run_directory(trained_run):
     assert result["eval"]["eval_accuracy"] > 0.75  # one sentiment word decides the label
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in records) and any("eval_accuracy" in r for r in records)
-    assert rconfig.TrainConfig(**__import__("yaml").safe_load((out / "config.yaml").read_text())).lr == 5e-4
+    assert rconfig.TrainConfig(**__import__("yaml").safe_load((out / "config.yaml").read_text())).lr == 1e-3
     assert json.loads((out / "results.json").read_text())["f1_positive_label"] == "1"
     checkpoints = list((out / "checkpoints").glob("checkpoint-*"))
     assert checkpoints and all((c / "adapter_model.safetensors").exists() and not (c / "model.safetensors").exists() for c in checkpoints)
