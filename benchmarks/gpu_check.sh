@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU run (for the device tool, about 5 minutes on an H200): the CUDA tests, then the
 # Llama-shaped benchmarks (bf16 training and inference, fp16 and fp32 training, the full
-# Llama-3.2-3B shape, a Llama-3.1-8B slice), a profile and the many-adapter batch; tables under $OUT.
+# Llama-3.2-3B shape, a Llama-3.1-8B slice), a profile, the many-adapter batch and a recipe run under
+# Accelerate FSDP2 (examples/fsdp.yaml, one process); tables under $OUT.
 # Run from the repository root: OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -19,3 +20,4 @@ bench llama3b-full-bf16-train --shape llama-3b-full --dtype bf16 --batch 4 --seq
 bench llama8b-slice-bf16-train --shape llama-8b-slice --dtype bf16 --batch 4 --seq 1024 --rounds 6 --warmup 2 --cases frozen lora-qv ours-auto-qv lora-all ours-auto-all
 python benchmarks/profile_step.py --shape llama-3b --case ours-auto-all lora-all > "$OUT/profile.txt" 2>&1; grep -E "^## " "$OUT/profile.txt"
 python benchmarks/bench_multi_adapter.py --shape llama-3b --device cuda --dtype bf16 --batch 32 --seq 256 --distinct 1 8 32 --rounds 5 2>&1 | grep -v -i warn > "$OUT/multi-adapter.md"; grep -E "^\||per resident" "$OUT/multi-adapter.md"
+python benchmarks/fsdp_smoke.py --out "$OUT/fsdp-smoke" --processes 1 2>&1 | grep -v -i warn | tail -6 | tee "$OUT/fsdp-smoke.txt"

@@ -36,6 +36,22 @@ for _ in range(4):
         dist.all_reduce(loss := loss.detach().clone(), op=dist.ReduceOp.AVG)
     losses.append(loss.item())
 model.save_pretrained(out, is_main_process=rank == 0)  # every rank gathers, rank 0 writes
+if sharded:  # resuming / loading the best checkpoint into the sharded model: every rank loads its shards
+    dist.barrier()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.zero_()
+    model.load_adapter_weights(out)
+    model.save_pretrained(f"{out}/reloaded", is_main_process=rank == 0)
+    # the recipes' Trainer saves checkpoints on every process together (a rank-0-only save would hang)
+    from transformers import TrainingArguments
+
+    from fourierft.recipes.engine import trainer_classes
+
+    trainer_cls, _ = trainer_classes()
+    args = TrainingArguments(output_dir=f"{out}/trainer", use_cpu=True, report_to=[])
+    trainer_cls(model=model, args=args).save_model(f"{out}/trainer")
 if rank == 0:
     with open(f"{out}/losses.json", "w") as f:
         json.dump(losses, f)

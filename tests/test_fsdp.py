@@ -34,6 +34,10 @@ def test_fsdp2_two_processes_match_one(tmp_path):
     assert a.keys() == b.keys() and len(a) == 6
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+    reloaded = load_file(tmp_path / "two" / "reloaded" / "adapter_model.safetensors")  # loaded into the sharded model
+    assert reloaded.keys() == b.keys() and all(torch.equal(reloaded[k], b[k]) for k in b)
+    saved = load_file(tmp_path / "two" / "trainer" / "adapter_model.safetensors")  # the Trainer's save of the sharded model
+    assert saved.keys() == b.keys() and all(torch.equal(saved[k], b[k]) for k in b)
     loaded = FourierFTModel.from_pretrained(tiny_llama(), tmp_path / "two")  # the gathered adapter loads back
     layer = loaded.model.model.layers[0].self_attn.q_proj
     saved = layer.fourierft_spectrum["default"].detach() * layer.specs["default"].file_factor  # files hold c, in PEFT's units

@@ -97,7 +97,17 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], ad
         value = state[key]
         if value.shape != target.shape:
             raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model expects {tuple(target.shape)}")
-        target.copy_(value.to(target.dtype) / factor if factor != 1.0 else value.to(target.dtype))
+        target.copy_(_like(target, value.to(target.dtype) / factor if factor != 1.0 else value.to(target.dtype)))
+
+
+def _like(target: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (whole) laid out as ``target``: its shard for a sharded (FSDP2 / DTensor) parameter.
+    Every rank holds the same whole value, so each takes its own shard without communication."""
+    if hasattr(target, "device_mesh") and hasattr(target, "placements"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(value.to(target.device), target.device_mesh, target.placements, src_data_rank=None)
+    return value
 
 
 # ---- what the files record about the model, and the checks against it ----

@@ -29,12 +29,23 @@ def trainer_classes():
             self.shuffle = shuffle
             super().__init__(*args, **kwargs)
 
+        def save_model(self, output_dir=None, _internal_call=False):
+            # A FourierFT adapter is saved by every process together (sharded coefficients are gathered;
+            # the main process writes), whatever the distribution: never the whole model's state dict.
+            model = self.accelerator.unwrap_model(self.model)
+            if not isinstance(model, FourierFTModel):
+                return super().save_model(output_dir, _internal_call)
+            output_dir = output_dir or self.args.output_dir
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+            model.save_pretrained(output_dir, is_main_process=self.args.should_save)
+
         def _save(self, output_dir=None, state_dict=None):
             output_dir = output_dir or self.args.output_dir
             if self.args.should_save:
                 os.makedirs(output_dir, exist_ok=True)
                 model = self.accelerator.unwrap_model(self.model)
-                if hasattr(model, "save_pretrained"):  # FourierFT adapter, PEFT LoRA, or a transformers model
+                if hasattr(model, "save_pretrained"):  # PEFT LoRA, or a transformers model
                     model.save_pretrained(output_dir)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -82,7 +93,9 @@ def trainer_classes():
                 self._write({"step": state.global_step, "epoch": state.epoch, **logs})
 
         def on_save(self, args, state, control, model=None, **kwargs):
-            if state.is_world_process_zero and model is not None:
+            if isinstance(model, FourierFTModel):  # every process: sharded coefficients are gathered together
+                save_adapter(model, self.run_dir / "last-adapter", self.info, is_main_process=state.is_world_process_zero)
+            elif state.is_world_process_zero and model is not None:
                 save_adapter(model, self.run_dir / "last-adapter", self.info)
 
     return FourierFTTrainer, RunLog
@@ -128,9 +141,11 @@ def save_merged(model, out_dir: str, tokenizer=None) -> Path:
     return out
 
 
-def save_adapter(model, directory: Path, info: dict) -> None:
-    model.save_pretrained(directory)
-    (directory / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+def save_adapter(model, directory: Path, info: dict, is_main_process: bool = True) -> None:
+    """The adapter and its run info. FourierFT models: call on every process (``is_main_process`` on one)."""
+    model.save_pretrained(directory, is_main_process=is_main_process)
+    if is_main_process:
+        (directory / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def start_run(cfg, quiet: bool) -> Path:
@@ -151,8 +166,11 @@ def start_run(cfg, quiet: bool) -> Path:
 def finish_run(trainer, model, directory: Path, info: dict, method: str, summary: dict, tokenizer=None, before_write=None) -> int | None:
     """The one place a run's outputs are written, on the main process only (torchrun / accelerate):
     the adapter (or a comparison method's tensors), results.json and plots. Returns the bytes saved
-    (None on other processes). ``before_write(summary)`` adds rank-0-only results (e.g. generations)."""
+    (None on other processes). ``before_write(summary)`` adds rank-0-only results (e.g. generations).
+    Call it on every process: a sharded (FSDP) adapter is gathered by all of them."""
     if not trainer.is_world_process_zero():
+        if method == "fourierft":
+            save_adapter(model, directory, info, is_main_process=False)
         return None
     saved = save_outcome(model, directory, info, method, tokenizer)
     summary["saved_bytes"] = saved
