@@ -88,14 +88,14 @@ def main(argv=None):
     tables = []
     if "rt" in args.tasks:
         common = rotten_tomatoes(args.out, args.rt_train, args.rt_eval)
-        acc = {}
+        acc, loss = {}, {}
         for lr in LRS:
             for method in METHODS:
                 r = run(args.out / f"rt-{method}-{lr:g}", common, method, lr)
                 if r:
-                    acc[method, lr] = 100 * r["eval"]["eval_accuracy"]
-        tables.append(table(f"Rotten Tomatoes, all-MiniLM-L6-v2, q,v, {args.rt_train} snippets x 1 epoch, {args.rt_eval} held out", "accuracy %", acc))
-        tables.append(verdict(acc))
+                    acc[method, lr], loss[method, lr] = 100 * r["eval"]["eval_accuracy"], r["eval"]["eval_loss"]
+        title = f"Rotten Tomatoes, all-MiniLM-L6-v2, q,v, {args.rt_train} snippets x 1 epoch, {args.rt_eval} held out"
+        tables += [table(title, "accuracy %", acc), verdict(acc), table(title, "held-out loss", loss, digits=3)]
     if "e2e" in args.tasks:
         common = e2e(args.assets, args.e2e_train)
         rouge, loss = {}, {}
