@@ -108,6 +108,50 @@ def test_merge_is_refused_and_the_adapter_loads_on_the_unquantized_base(tmp_path
     assert adapted_gap <= 2 * base_gap + 1e-5  # the same outputs up to the quantization error
 
 
+def test_requantized_merge_is_opt_in_reports_its_error_and_unmerges_exactly():
+    quantized, _, _ = quantized_and_reference()
+    model = adapt(quantized).eval()
+    q_proj = model.model.model.layers[0].self_attn.q_proj
+    packed = q_proj.base_layer.weight.dequantize().clone()
+    with pytest.raises(RuntimeError, match=r"merge_and_unload\(requantize="):
+        model.merge_adapter()
+    dw = q_proj.delta_weight("default")
+    with torch.no_grad():
+        unmerged = model(**batch()).logits
+    with pytest.warns(UserWarning, match="quantization error is up to"):
+        report = model.merge_adapter(requantize=Int8WeightOnlyConfig())
+    assert type(q_proj.base_layer.weight).__name__ == type(quantized_and_reference()[0].model.layers[0].self_attn.q_proj.weight).__name__  # still packed
+    name = "model.layers.0.self_attn.q_proj"
+    error = q_proj.base_layer.weight.dequantize().float() - (packed.float() + dw)
+    assert report[name]["error_norm"] == pytest.approx(error.norm().item(), rel=1e-5)
+    assert report[name]["dw_norm"] == pytest.approx(dw.norm().item(), rel=1e-4)
+    with torch.no_grad():
+        merged = model(**batch()).logits  # merged adapters are not added again
+    assert 0 < (merged - unmerged).abs().max() < 0.1 * unmerged.abs().max()
+    model.unmerge_adapter()
+    assert torch.equal(q_proj.base_layer.weight.dequantize(), packed)  # the packed weight as it was
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch()).logits, unmerged)
+
+
+def test_base_quantized_by_transformers_loader_with_kbit_preparation_trains(tmp_path):
+    """A model loaded with transformers' TorchAoConfig (int8 weight-only) and prepared as PEFT's
+    prepare_model_for_kbit_training does, with gradient checkpointing: adapters train at one lr."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM, TorchAoConfig
+
+    tiny_llama().save_pretrained(tmp_path)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()), device_map="cpu")
+    base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_fourierft_model(base, FourierFTConfig(n_frequency=80, target_modules=["q_proj", "v_proj"], init_weights=True))
+    layer = model.model.model.layers[0].self_attn.q_proj
+    assert layer.quantized == "torchao"
+    model.train()
+    losses = _train(model, steps=25)
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert layer.quantized == "torchao" and hasattr(layer.base_layer.weight, "dequantize")  # stayed quantized
+
+
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
 def test_bitsandbytes_layers_on_the_cpu(kind):
     """bitsandbytes 4-bit (NF4) and 8-bit linear layers, on bitsandbytes' CPU backend: detected despite

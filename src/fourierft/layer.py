@@ -304,20 +304,29 @@ class FourierFTLayer(nn.Module):
         return plan_delta_weight(coeffs.to(self._merge_dtype()), plan, self.d_out, self.d_in)
 
     @torch.no_grad()
-    def merge(self, names=None, safe_merge=True):
+    def merge(self, names=None, safe_merge=True, requantize=None):
         """Add dW of the named (default: active, unmerged) adapters to the base weight.
 
         The sum is formed in float32 (float64 for float64 weights) into a new tensor; with
         ``safe_merge`` a non-finite result is refused before the base weight is touched. Below
         float32 the weight as it was is kept (on its device) until unmerge, which restores it
         exactly: subtracting dW again from a rounded sum would not give the base weight back.
+
+        Quantized layers refuse, unless ``requantize`` (a torchao quantization config, e.g.
+        ``Int8WeightOnlyConfig()``) asks to dequantize, add dW and quantize again; that returns, per
+        adapter, the error it introduces: {"dw_norm", "error_norm", "max_error"} (Frobenius norms of dW
+        and of requantized minus (W + dW)). Unmerge restores the packed weight exactly.
         """
         names = [n for n in (self.active_adapters if names is None else names) if n in self.specs and n not in self.merged_adapters]
         if names and getattr(self, "quantized", None):
-            raise RuntimeError(
-                f"cannot merge into this layer's {self.quantized}-quantized weight: a packed weight cannot hold dW. "
-                "Load the base model in bf16 / fp32, load the adapter onto it and merge there (merge_and_unload)"
-            )
+            if requantize is None or self.quantized != "torchao":
+                raise RuntimeError(
+                    f"cannot merge into this layer's {self.quantized}-quantized weight: a packed weight cannot hold dW. "
+                    "Load the base model in bf16 / fp32, load the adapter onto it and merge there (merge_and_unload)"
+                    + (", or requantize: merge_and_unload(requantize=<the torchao config>) dequantizes, adds dW and quantizes again, "
+                       "reporting the error" if self.quantized == "torchao" else "")
+                )
+            return [self._merge_requantized(name, requantize) for name in names]
         for name in names:
             weight = self.weight_matrix()
             merged = weight.to(self._merge_dtype()) + self._delta_for_merge(name)
@@ -328,6 +337,24 @@ class FourierFTLayer(nn.Module):
             weight.copy_(merged)
             self.merged_adapters.append(name)
 
+    def _merge_requantized(self, name, config) -> dict:
+        from torchao.quantization import quantize_
+
+        packed = self.base_layer.weight
+        dense = packed.dequantize()  # (d_out, d_in)
+        target = dense.float() + self._delta_for_merge(name)
+        if not torch.isfinite(target).all():
+            raise ValueError(f"merging adapter {name!r} gives non-finite weights; the adapter seems broken")
+        scratch = nn.Linear(self.d_in, self.d_out, bias=False, device=dense.device, dtype=dense.dtype)
+        scratch.weight.copy_(target.to(dense.dtype))
+        quantize_(scratch, config)
+        error = scratch.weight.dequantize().float() - target
+        self._before_merge.append(packed)
+        self.base_layer.weight = nn.Parameter(scratch.weight, requires_grad=False)
+        self.merged_adapters.append(name)
+        delta = target - dense.float()
+        return {"dw_norm": delta.norm().item(), "error_norm": error.norm().item(), "max_error": error.abs().max().item()}
+
     def unmerge(self):
         """Remove all merged adapters: exact below float32 (the kept weight comes back), one rounding otherwise."""
         while self.merged_adapters:
@@ -336,6 +363,9 @@ class FourierFTLayer(nn.Module):
     @torch.no_grad()
     def unmerge_last(self):
         name = self.merged_adapters.pop()
+        if getattr(self, "quantized", None):  # a requantized merge: the packed weight as it was
+            self.base_layer.weight = nn.Parameter(self._before_merge.pop(), requires_grad=False)
+            return
         weight = self.weight_matrix()
         if self._before_merge:
             weight.copy_(self._before_merge.pop())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -178,13 +179,19 @@ class FourierFTModel(nn.Module):
                 layer.merge(names)
 
     # ---- merging ----
-    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = True) -> None:
-        """Add dW of the active (or named) adapters into the base weights. All or nothing when safe_merge."""
-        done = []
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = True, requantize=None) -> dict[str, dict]:
+        """Add dW of the active (or named) adapters into the base weights. All or nothing when safe_merge.
+
+        Quantized (torchao) layers are refused unless ``requantize`` gives the torchao config to quantize
+        W + dW with; returns {layer: {"dw_norm", "error_norm", "max_error"}} for those layers and warns
+        when the requantization error is not small against dW."""
+        done, report = [], {}
         try:
-            for _, layer in self._layers():
+            for name, layer in self._layers():
                 before = len(layer.merged_adapters)
-                layer.merge(adapter_names, safe_merge=safe_merge)
+                errors = layer.merge(adapter_names, safe_merge=safe_merge, requantize=requantize)
+                if errors:
+                    report[name] = {k: sum(e[k] for e in errors) if k != "max_error" else max(e[k] for e in errors) for k in errors[0]}
                 if len(layer.merged_adapters) > before:
                     done.append((layer, before))
         except Exception:
@@ -192,14 +199,25 @@ class FourierFTModel(nn.Module):
                 while len(layer.merged_adapters) > before:
                     layer.unmerge_last()
             raise
+        if report:
+            worst = max(report, key=lambda n: report[n]["error_norm"] / max(report[n]["dw_norm"], 1e-30))
+            ratio = report[worst]["error_norm"] / max(report[worst]["dw_norm"], 1e-30)
+            warnings.warn(
+                f"requantized merge into {len(report)} quantized layers: the quantization error is up to {ratio:.0%} of dW's norm "
+                f"({worst}); " + ("the merged model keeps the adaptation only roughly, keep the adapter unmerged for exact outputs"
+                                  if ratio > 0.1 else "small against the adaptation"),
+                stacklevel=2,
+            )
+        return report
 
     def unmerge_adapter(self) -> None:
         for _, layer in self._layers():
             layer.unmerge()
 
-    def merge_and_unload(self, safe_merge: bool = True, adapter_names: list[str] | None = None) -> nn.Module:
-        """Merge, then put plain modules back: returns the original model type with no adapter modules left."""
-        self.merge_adapter(adapter_names, safe_merge=safe_merge)
+    def merge_and_unload(self, safe_merge: bool = True, adapter_names: list[str] | None = None, requantize=None) -> nn.Module:
+        """Merge, then put plain modules back: returns the original model type with no adapter modules left.
+        ``requantize``: see merge_adapter (quantized bases)."""
+        self.merge_adapter(adapter_names, safe_merge=safe_merge, requantize=requantize)
         return self._unwrap(keep_heads=True)
 
     def unload(self) -> nn.Module:
