@@ -44,13 +44,16 @@ class TrainingCheck(TrainerCallback):
         if model is None:
             return
         lr = _coefficient_lr(optimizer, model) if optimizer is not None else args.learning_rate
-        if lr is not None and state.is_world_process_zero:
-            self._say(start_warnings(model, lr))
+        if lr is not None:  # every process: sharded weights are gathered together
+            messages = start_warnings(model, lr)
+            if state.is_world_process_zero:
+                self._say(messages)
         self._before = snapshot(model)
         self._at = self.check_after or max(10, min(100, state.max_steps // 10))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self._before is not None and model is not None and state.global_step == self._at:
+            messages = movement_warnings(model, self._before, state.global_step)
             if state.is_world_process_zero:
-                self._say(movement_warnings(model, self._before, state.global_step))
+                self._say(messages)
             self._before = None

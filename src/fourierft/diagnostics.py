@@ -45,17 +45,28 @@ def _adapted(model: nn.Module):
                 yield name, layer, adapter, spec
 
 
+def _readable(layer, adapter):
+    """(W as a plain tensor or None, the coefficients), whole even when sharded (FSDP2, ZeRO-3):
+    every process calls this together."""
+    from .state import gathered, whole
+
+    coeffs = layer.fourierft_spectrum[adapter]
+    with gathered([coeffs, *layer.base_layer.parameters(recurse=False)]):
+        weight = layer.readable_weight()
+        return (None if weight is None else whole(weight).float().clone()), whole(coeffs.detach()).float().cpu().clone()
+
+
 @torch.no_grad()
 def layer_scales(model: nn.Module, lr: float | None = None) -> list[LayerScale]:
-    """Per trained adapter and layer: ||W||, ||dW|| and, given Adam's lr, the size of one step."""
+    """Per trained adapter and layer: ||W||, ||dW|| and, given Adam's lr, the size of one step.
+    Under FSDP / ZeRO-3 every process calls this (the weights are gathered one layer at a time)."""
     out = []
     for name, layer, adapter, spec in _adapted(model):
-        weight = layer.readable_weight()
+        weight, p = _readable(layer, adapter)
         if weight is None:  # packed weights that cannot be read back (bitsandbytes)
             continue
-        rows = torch.cat([weight[a:b].float() for a, b in spec.slices])
+        rows = torch.cat([weight[a:b] for a, b in spec.slices])
         grid = spec.grid * layer.d_in
-        p = layer.fourierft_spectrum[adapter].detach().float()
         total_n = p.numel()
         delta = spec.factor * p.norm().item() / math.sqrt(2 * grid)
         step = None if lr is None else spec.factor * lr * math.sqrt(total_n / (2 * grid))
@@ -94,8 +105,8 @@ def start_warnings(model: nn.Module, lr: float) -> list[str]:
 
 
 def snapshot(model: nn.Module) -> dict[tuple[str, str], torch.Tensor]:
-    """The trained coefficients now, for ``movement_warnings`` later."""
-    return {(name, adapter): layer.fourierft_spectrum[adapter].detach().float().cpu().clone() for name, layer, adapter, _ in _adapted(model)}
+    """The trained coefficients now, for ``movement_warnings`` later (every process calls it together)."""
+    return {(name, adapter): _readable(layer, adapter)[1] for name, layer, adapter, _ in _adapted(model)}
 
 
 @torch.no_grad()
@@ -105,11 +116,11 @@ def movement_warnings(model: nn.Module, before: dict[tuple[str, str], torch.Tens
     for name, layer, adapter, spec in _adapted(model):
         if (name, adapter) not in before:
             continue
-        readable = layer.readable_weight()
+        readable, coeffs = _readable(layer, adapter)
         if readable is None:
             continue
-        weight = torch.cat([readable[a:b].float() for a, b in spec.slices]).norm().item()
-        change = (layer.fourierft_spectrum[adapter].detach().float().cpu() - before[name, adapter]).norm().item()
+        weight = torch.cat([readable[a:b] for a, b in spec.slices]).norm().item()
+        change = (coeffs - before[name, adapter]).norm().item()
         if weight > 0:
             moved.append(spec.factor * change / math.sqrt(2 * spec.grid * layer.d_in) / weight)
     if moved and max(moved) < MOVED_NEGLIGIBLE:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from .inject import adapter_layers, modules_to_save_wrappers, pattern_value
 from .io import AdapterFileError
 
 __all__ = [
-    "PREFIX", "adapter_state_dict", "load_adapter_state_dict", "adapter_metadata", "restore_parametrization", "peft_expressible",
+    "PREFIX", "gathered", "whole", "adapter_state_dict", "load_adapter_state_dict", "adapter_metadata", "restore_parametrization", "peft_expressible",
     "check_file", "check_layers", "check_positions", "check_values",
 ]
 
@@ -60,18 +61,30 @@ def _slots(model: nn.Module, adapter_name: str, bias: str) -> Iterator[tuple[str
                         yield f"{PREFIX}{name}.modules_to_save.{pname}", param, 1.0
 
 
-def _whole(t: torch.Tensor) -> torch.Tensor:
+def whole(t: torch.Tensor) -> torch.Tensor:
     """A sharded tensor (FSDP2 / DTensor) gathered whole; every rank must call this together."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def gathered(tensors, modifier_rank=None):
+    """DeepSpeed ZeRO-3 partitions parameters into per-rank pieces (``ds_id``); gather them whole for
+    the block (every rank calls this). ``modifier_rank``: whose writes are kept (None: read only)."""
+    partitioned = [t for t in tensors if hasattr(t, "ds_id")]
+    if not partitioned:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=modifier_rank)
+
+
 def adapter_state_dict(model: nn.Module, adapter_name: str, bias: str = "none") -> dict[str, torch.Tensor]:
     """What ``adapter_name`` learned, as contiguous CPU tensors (sharded parameters gathered: under
-    FSDP every rank calls this)."""
-    out = {}
-    for key, t, factor in _slots(model, adapter_name, bias):
-        t = _whole(t.detach()).to("cpu", copy=True).contiguous()
-        out[key] = t.mul_(factor) if factor != 1.0 else t
+    FSDP or DeepSpeed ZeRO-3 every rank calls this)."""
+    slots, out = list(_slots(model, adapter_name, bias)), {}
+    with gathered([t for _, t, _ in slots]):
+        for key, t, factor in slots:
+            t = whole(t.detach()).to("cpu", copy=True).contiguous()
+            out[key] = t.mul_(factor) if factor != 1.0 else t
     return out
 
 
@@ -79,6 +92,11 @@ def adapter_state_dict(model: nn.Module, adapter_name: str, bias: str = "none") 
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str, bias: str = "none", source: str = "state dict") -> None:
     """Copy ``state`` into the adapter's tensors; every key must be expected and present, with the right shape."""
     triples = list(_slots(model, adapter_name, bias))
+    with gathered([t for _, t, _ in triples], modifier_rank=0):  # every rank loads the same file
+        _copy_into(triples, state, source, adapter_name)
+
+
+def _copy_into(triples, state, source, adapter_name):
     slots = {key: (target, factor) for key, target, factor in triples}
     seen: dict[int, str] = {}
     for key, target, _ in triples:  # one tensor under two keys (PEFT's bias="all" files): both values must agree
@@ -228,11 +246,13 @@ def check_values(model, adapter_name: str, source: str) -> None:
         spec = layer.specs.get(adapter_name)
         if spec is None:
             continue
-        coeffs = layer.fourierft_spectrum[adapter_name].detach().double()
+        param = layer.fourierft_spectrum[adapter_name]
+        with gathered([param, *layer.base_layer.parameters(recurse=False)]):  # every process, when sharded
+            coeffs = whole(param.detach()).double()
+            largest = layer.weight_scale()
         if not torch.isfinite(coeffs).all():
             raise AdapterFileError(f"{source}: {name}: the coefficients hold NaN or Inf values; the adapter is broken")
         bound = spec.factor * coeffs.abs().sum(-1).max().item() / (spec.grid * layer.d_in)
-        largest = layer.weight_scale()
         if largest is None:  # a weight that cannot be read back (bitsandbytes 4-bit): a fixed bound
             largest = 1.0
         if not bound <= 1e6 * max(largest, 1e-6):
