@@ -237,7 +237,8 @@ class FourierFTModel(nn.Module):
     # ---- parameters ----
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         params = list(self.model.parameters())
-        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+        count = lambda p: getattr(p, "ds_numel", p.numel())  # noqa: E731 - ZeRO-3 partitions hold ds_numel
+        return sum(count(p) for p in params if p.requires_grad), sum(count(p) for p in params)
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()

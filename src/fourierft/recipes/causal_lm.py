@@ -24,7 +24,7 @@ from fourierft import FourierFTConfig, FourierFTModel, default_target_modules, g
 from .baselines import prepare_baseline
 from .config import RunSettings
 from .data import DataError
-from .engine import checkpointing, finish_run, mixed_precision, read_run_info, resume_checkpoint, save_merged, start_run, trainer_classes, warmup
+from .engine import checkpointing, count_trainable, finish_run, mixed_precision, read_run_info, resume_checkpoint, save_merged, start_run, trainer_classes, warmup
 
 __all__ = ["LMConfig", "LM_PRESETS", "read_e2e", "read_instructions", "build_prompt", "encode_pair", "train", "generate"]
 
@@ -259,7 +259,7 @@ def train(cfg: LMConfig, quiet: bool = False) -> dict:
     start = time.time()
     trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
     seconds = time.time() - start
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = count_trainable(model)
     results = {"train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable}
     if eval_pairs:
         results["eval_loss"] = trainer.evaluate()["eval_loss"]  # every process takes part

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RUN_INFO", "save_merged", "checkpointing", "finish_run", "resume_checkpoint", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
+__all__ = ["RUN_INFO", "count_trainable", "save_merged", "checkpointing", "finish_run", "resume_checkpoint", "trainer_classes", "save_adapter", "save_outcome", "read_run_info", "start_run", "warmup", "mixed_precision", "plot_run"]
 
 RUN_INFO = "run_info.json"
 
@@ -99,6 +99,11 @@ def trainer_classes():
                 save_adapter(model, self.run_dir / "last-adapter", self.info)
 
     return FourierFTTrainer, RunLog
+
+
+def count_trainable(model) -> int:
+    """Trained parameters, counted whole also when DeepSpeed ZeRO-3 holds only a partition (ds_numel)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
 
 
 def resume_checkpoint(run_dir: Path, resume: bool) -> str | None:

@@ -21,7 +21,7 @@ from fourierft import FourierFTConfig, default_target_modules, get_fourierft_mod
 from .baselines import prepare_baseline
 from .config import RunSettings
 from .data import DataError
-from .engine import finish_run, mixed_precision, read_run_info, resume_checkpoint, save_merged, start_run, trainer_classes, warmup
+from .engine import count_trainable, finish_run, mixed_precision, read_run_info, resume_checkpoint, save_merged, start_run, trainer_classes, warmup
 
 __all__ = ["ImageConfig", "IMAGE_PRESETS", "ImageSet", "read_image_folder", "read_arrays", "train"]
 
@@ -243,7 +243,7 @@ def train(cfg: ImageConfig, quiet: bool = False) -> dict:
     trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
     seconds = time.time() - start
     metrics = trainer.evaluate()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = count_trainable(model)
     summary = {"eval": metrics, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable}
     summary["saved_bytes"] = finish_run(trainer, model, run_dir / "best-adapter", info, cfg.method, summary)
     return {**summary, "run_dir": str(run_dir), "model": model}

@@ -20,7 +20,7 @@ from fourierft import FourierFTConfig, FourierFTModel, default_target_modules, g
 
 from .baselines import prepare_baseline
 from .config import PRESETS, TrainConfig  # noqa: F401 (PRESETS: part of the recipe interface)
-from .engine import checkpointing, finish_run, mixed_precision, read_run_info, resume_checkpoint, save_merged, start_run, trainer_classes, warmup
+from .engine import checkpointing, count_trainable, finish_run, mixed_precision, read_run_info, resume_checkpoint, save_merged, start_run, trainer_classes, warmup
 from .data import GLUE_TASKS, DataError, TextExamples, glue_task_for, read_glue, read_hf_dataset, read_table
 
 __all__ = ["LabelSpace", "load_splits", "train", "evaluate", "predict", "merge"]
@@ -265,7 +265,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, cfg.resume))
     seconds = time.time() - start
     metrics = trainer.evaluate()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = count_trainable(model)
     summary = {"eval": metrics, "eval_before": before, "train_seconds": seconds, "method": cfg.method, "trainable_parameters": trainable}
     if space.num_labels == 2:  # sklearn's binary F1 counts the second label as the positive class
         summary["f1_positive_label"] = space.names[1]
