@@ -1,7 +1,8 @@
 """Fast exact paths for y = x (W + dW)^T + b with dW = Re(ifft2(ToDense(E, c))) (see ``functional``).
 
-The coefficients c reaching these functions are already multiplied by their adapter's scaling
-(autograd handles that product), so dW here carries no scaling factor.
+The coefficients c reaching these functions are the trained parameters already multiplied by their
+adapter's scaling x coefficient_scale (``AdapterSpec.factor``; autograd handles that product), so dW
+here carries no scaling factor.
 
 Why this is faster than autograd through the reference, with no change in the result:
 - dW is built with a half-size inverse real FFT. For real F, Re(ifft2(F)) = ifft2(H) with the
