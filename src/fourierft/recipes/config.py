@@ -69,7 +69,7 @@ class TrainConfig(RunSettings):
     random_loc_seed: int = 777
     init_weights: bool = False
     # optimisation
-    lr: float = 2e-4
+    lr: float = 5e-4
     """Learning rate of the FourierFT coefficients (and of the head unless head_lr is given)."""
     head_lr: float | None = None
     """Learning rate of the task head; None: lr (the paper's presets use 0.001-0.011)."""
