@@ -56,6 +56,20 @@ def _readable(layer, adapter):
         return (None if weight is None else whole(weight).float().clone()), whole(coeffs.detach()).float().cpu().clone()
 
 
+def _dw_norm(spec, layer, p_norm: float) -> float:
+    """||factor * Re(ifft2(ToDense(E, p)))||_F for ||p|| = p_norm (Parseval)."""
+    return spec.factor * p_norm / math.sqrt(2 * spec.grid * layer.d_in)
+
+
+def _rows_norm(weight: torch.Tensor, spec) -> float:
+    """||W||_F of the adapted output rows."""
+    return torch.cat([weight[a:b] for a, b in spec.slices]).norm().item()
+
+
+def _rates(k: float) -> str:
+    return "1e-4 - 5e-4" if k >= 64 else "the paper's 0.04-0.3"
+
+
 @torch.no_grad()
 def layer_scales(model: nn.Module, lr: float | None = None) -> list[LayerScale]:
     """Per trained adapter and layer: ||W||, ||dW|| and, given Adam's lr, the size of one step.
@@ -65,12 +79,8 @@ def layer_scales(model: nn.Module, lr: float | None = None) -> list[LayerScale]:
         weight, p = _readable(layer, adapter)
         if weight is None:  # packed weights that cannot be read back (bitsandbytes)
             continue
-        rows = torch.cat([weight[a:b] for a, b in spec.slices])
-        grid = spec.grid * layer.d_in
-        total_n = p.numel()
-        delta = spec.factor * p.norm().item() / math.sqrt(2 * grid)
-        step = None if lr is None else spec.factor * lr * math.sqrt(total_n / (2 * grid))
-        out.append(LayerScale(name, adapter, rows.norm().item(), delta, step))
+        step = None if lr is None else _dw_norm(spec, layer, lr * math.sqrt(p.numel()))  # every entry moves ~lr
+        out.append(LayerScale(name, adapter, _rows_norm(weight, spec), _dw_norm(spec, layer, p.norm().item()), step))
     return out
 
 
@@ -86,14 +96,13 @@ def start_warnings(model: nn.Module, lr: float) -> list[str]:
     if max(steps) < STEP_NEGLIGIBLE:
         messages.append(
             f"FourierFT: at lr={lr:g} one optimizer step changes the adapted weights by at most {max(steps):.1e} of their norm; "
-            f"the coefficients will barely move. Raise lr (with coefficient_scale={k:g}: "
-            + ("1e-4 - 5e-4" if k >= 64 else "the paper's 0.04-0.3") + ") or the scaling"
+            f"the coefficients will barely move. Raise lr (with coefficient_scale={k:g}: {_rates(k)}) or the scaling"
         )
     worst = max(range(len(steps)), key=steps.__getitem__)
     if steps[worst] > STEP_HUGE:
         messages.append(
             f"FourierFT: at lr={lr:g} one optimizer step may change {scales[worst].layer} by {steps[worst]:.0%} of its norm; "
-            f"training will diverge. Lower lr (with coefficient_scale={k:g}: " + ("1e-4 - 5e-4" if k >= 64 else "the paper's 0.04-0.3") + ") or the scaling"
+            f"training will diverge. Lower lr (with coefficient_scale={k:g}: {_rates(k)}) or the scaling"
         )
     init = max(scales, key=lambda s: s.delta_norm / s.weight_norm)
     if init.delta_norm > INIT_HUGE * init.weight_norm:
@@ -119,10 +128,9 @@ def movement_warnings(model: nn.Module, before: dict[tuple[str, str], torch.Tens
         readable, coeffs = _readable(layer, adapter)
         if readable is None:
             continue
-        weight = torch.cat([readable[a:b] for a, b in spec.slices]).norm().item()
-        change = (coeffs - before[name, adapter]).norm().item()
+        weight = _rows_norm(readable, spec)
         if weight > 0:
-            moved.append(spec.factor * change / math.sqrt(2 * spec.grid * layer.d_in) / weight)
+            moved.append(_dw_norm(spec, layer, (coeffs - before[name, adapter]).norm().item()) / weight)
     if moved and max(moved) < MOVED_NEGLIGIBLE:
         return [
             f"FourierFT: after {steps} steps the adapters changed the weights by at most {max(moved):.1e} of their norm; "

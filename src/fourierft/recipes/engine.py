@@ -18,8 +18,7 @@ RUN_INFO = "run_info.json"
 def trainer_classes():
     from transformers import Trainer
 
-    from fourierft import FourierFTModel
-    from fourierft import TrainingCheck
+    from fourierft import FourierFTModel, TrainingCheck
 
     class FourierFTTrainer(Trainer):
         """Checkpoints hold only the adapter (safetensors); resuming and best-model loading read it back.
