@@ -387,10 +387,22 @@ def _train(args) -> None:
         if fresh:  # a run that failed before producing anything leaves no directory behind
             _remove_if_only_config(out)
         raise
+    _end_distributed()
     shown = {k: v for k, v in result.items() if k != "model"}
     if "train_seconds" in shown:
         shown["train_seconds"] = round(shown["train_seconds"], 1)
     print(json.dumps(shown, indent=2))
+
+
+def _end_distributed() -> None:
+    """After a launched run (torchrun / accelerate / DeepSpeed) every process meets once more and the process
+    group is closed in order; left to interpreter exit, gloo's threads can abort one process after all the
+    work is done ("terminate called without an active exception"), and the launcher then reports a failure."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _remove_if_only_config(run_dir: Path) -> None:
