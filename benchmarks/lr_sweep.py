@@ -21,7 +21,7 @@ LRS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3)
 METHODS = {"fourierft": "fourierft (defaults)", "peft-fourierft": "PEFT FourierFT (defaults)", "lora": "PEFT LoRA r8"}
 
 
-def rotten_tomatoes(out: Path, train_size: int, eval_size: int) -> list[str]:
+def rotten_tomatoes(out: Path, train_size: int, eval_size: int, epochs: float = 1) -> list[str]:
     from fourierft.recipes.demo import _write_jsonl, asset_paths, load_snippets
 
     model_dir, data_file = asset_paths()
@@ -31,7 +31,7 @@ def rotten_tomatoes(out: Path, train_size: int, eval_size: int) -> list[str]:
     _write_jsonl(rows[eval_size : eval_size + train_size], data / "train.jsonl")
     _write_jsonl(rows[:eval_size], data / "heldout.jsonl")
     return ["--model", str(model_dir), "--train-file", str(data / "train.jsonl"), "--eval-file", str(data / "heldout.jsonl"), "task=classification",
-            "target_modules=query,value", "epochs=1", "batch_size=32", "eval_batch_size=128", "max_length=64"]
+            "target_modules=query,value", f"epochs={epochs:g}", "batch_size=32", "eval_batch_size=128", "max_length=64"]
 
 
 def e2e(assets: Path, train_size: int) -> list[str]:
@@ -54,16 +54,19 @@ def run(out: Path, common: list[str], method: str, lr: float) -> dict:
 
 
 def table(title: str, metric: str, results: dict, digits: int = 1) -> str:
-    lines = [f"**{title}** ({metric})", "", "| method | " + " | ".join(f"lr {lr:g}" for lr in LRS) + " |", "|---|" + "---|" * len(LRS)]
-    for method, label in METHODS.items():
-        cells = [f"{results[method, lr]:.{digits}f}" if (method, lr) in results else "-" for lr in LRS]
+    lrs = sorted({lr for _, lr in results})
+    methods = [m for m in METHODS if any(m == k for k, _ in results)]
+    lines = [f"**{title}** ({metric})", "", "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+    for method in methods:
+        label = METHODS[method]
+        cells = [f"{results[method, lr]:.{digits}f}" if (method, lr) in results else "-" for lr in lrs]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def verdict(results: dict) -> str:
     """The goal: wherever LoRA is within 2 points of its best, fourierft's defaults are within 2 points of that best."""
-    lora = {lr: results[("lora", lr)] for lr in LRS if ("lora", lr) in results}
+    lora = {lr: v for (method, lr), v in results.items() if method == "lora"}
     if not lora:
         return "no LoRA runs"
     best = max(lora.values())
@@ -82,25 +85,28 @@ def main(argv=None):
     p.add_argument("--tasks", nargs="*", default=["rt", "e2e"])
     p.add_argument("--rt-train", type=int, default=4000)
     p.add_argument("--rt-eval", type=int, default=1000)
+    p.add_argument("--rt-epochs", type=float, default=1)
+    p.add_argument("--lrs", type=float, nargs="*", default=list(LRS))
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--e2e-train", type=int, default=200)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     tables = []
     if "rt" in args.tasks:
-        common = rotten_tomatoes(args.out, args.rt_train, args.rt_eval)
+        common = rotten_tomatoes(args.out, args.rt_train, args.rt_eval, args.rt_epochs)
         acc, loss = {}, {}
-        for lr in LRS:
-            for method in METHODS:
+        for lr in args.lrs:
+            for method in args.methods:
                 r = run(args.out / f"rt-{method}-{lr:g}", common, method, lr)
                 if r:
                     acc[method, lr], loss[method, lr] = 100 * r["eval"]["eval_accuracy"], r["eval"]["eval_loss"]
-        title = f"Rotten Tomatoes, all-MiniLM-L6-v2, q,v, {args.rt_train} snippets x 1 epoch, {args.rt_eval} held out"
+        title = f"Rotten Tomatoes, all-MiniLM-L6-v2, q,v, {args.rt_train} snippets x {args.rt_epochs:g} epoch, {args.rt_eval} held out"
         tables += [table(title, "accuracy %", acc), verdict(acc), table(title, "held-out loss", loss, digits=3)]
     if "e2e" in args.tasks:
         common = e2e(args.assets, args.e2e_train)
         rouge, loss = {}, {}
-        for lr in LRS:
-            for method in METHODS:
+        for lr in args.lrs:
+            for method in args.methods:
                 r = run(args.out / f"e2e-{method}-{lr:g}", common, method, lr)
                 if r:
                     rouge[method, lr], loss[method, lr] = r["rougeL"], r["eval_loss"]

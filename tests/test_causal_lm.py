@@ -149,6 +149,19 @@ def test_lm_comparison_methods(tiny_gpt2_dir, e2e_files, tmp_path, method):
     assert "bleu" in result and result["saved_bytes"] > 0
 
 
+@pytest.mark.parametrize("method", ["fourierft", "lora"])
+def test_all_linear_targets_in_the_recipe(tiny_gpt2_dir, e2e_files, tmp_path, method):
+    """`target_modules=all-linear` on the command line (a one-item list) means PEFT's shorthand for every method."""
+    from fourierft.recipes.config import coerce
+
+    targets = coerce("target_modules", "all-linear", lm.LMConfig)
+    cfg = lm.LMConfig(model=tiny_gpt2_dir, task="e2e", train_file=str(e2e_files[0]), eval_file=str(e2e_files[1]), output_dir=str(tmp_path / method),
+                      method=method, target_modules=targets, n_frequency=50, lr=1e-3, epochs=1, batch_size=8, max_new_tokens=4)
+    result = lm.train(cfg, quiet=True)
+    per_layer = 8 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32)) if method == "lora" else 4 * 50  # c_attn, attn c_proj, c_fc, mlp c_proj
+    assert result["trainable_parameters"] == 2 * per_layer
+
+
 def test_only_the_main_process_writes_the_run_outputs(tiny_gpt2_dir, e2e_files, tmp_path, monkeypatch):
     """Under torchrun every process runs train(); only rank 0 may write the adapter, results and plots."""
     from transformers import Trainer

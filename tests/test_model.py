@@ -90,6 +90,31 @@ def test_default_targets_by_model_type():
         get_fourierft_model(tiny_cnn(), FourierFTConfig(n_frequency=10))
 
 
+def test_all_linear_targets_every_linear_layer_but_the_heads(tmp_path):
+    import json
+
+    from conftest import tiny_roberta
+
+    llama = get_fourierft_model(tiny_llama(tie=True), FourierFTConfig(n_frequency=10, target_modules="All-Linear"))
+    assert len(adapted_names(llama)) == 14 and "lm_head" not in adapted_names(llama)  # 7 per layer; the tied output layer stays
+    saved = llama.peft_config["default"].target_modules
+    assert sorted(saved) == adapted_names(llama)  # spelled out, as PEFT saves it
+    llama.save_pretrained(tmp_path / "a")
+    assert sorted(json.loads((tmp_path / "a" / "adapter_config.json").read_text())["target_modules"]) == adapted_names(llama)
+    gpt2 = get_fourierft_model(tiny_gpt2(), FourierFTConfig(n_frequency=10, target_modules=["all-linear"]))
+    assert adapted_names(gpt2) == sorted(f"transformer.h.{i}.{n}" for i in range(2) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    one_layer = get_fourierft_model(tiny_llama(), FourierFTConfig(n_frequency=10, target_modules="all-linear", layers_to_transform=[1]))
+    assert len(adapted_names(one_layer)) == 7 and all(".layers.1." in n for n in adapted_names(one_layer))
+    roberta = get_fourierft_model(tiny_roberta(), FourierFTConfig(n_frequency=10, target_modules="all-linear", task_type="SEQ_CLS", modules_to_save=["classifier"]))
+    assert adapted_names(roberta) and not [n for n in adapted_names(roberta) if n.startswith("classifier")]
+    bert = get_fourierft_model(tiny_bert(), FourierFTConfig(n_frequency=10, target_modules="all-linear", task_type="SEQ_CLS"))
+    assert "classifier" not in adapted_names(bert) and "bert.pooler.dense" in adapted_names(bert)
+    bert.add_adapter("second", FourierFTConfig(n_frequency=10, target_modules="all-linear", task_type="SEQ_CLS"))  # already wrapped layers count
+    assert sorted(bert.peft_config["second"].target_modules) == adapted_names(bert)
+    with pytest.raises(ValueError, match="found no linear layer"):
+        get_fourierft_model(nn.Sequential(nn.Embedding(10, 4)), FourierFTConfig(n_frequency=10, target_modules="all-linear"))
+
+
 # ---- errors that name the module and the fix ----
 def test_n_too_large_names_layer_and_clamp_opt_in():
     with pytest.raises(ValueError, match=r"exceeds the 12x8 = 96 spectral entries of 'pointwise'.*clamp_n_frequency"):

@@ -12,7 +12,9 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["FourierFTConfig", "PEFT_TYPE", "EXTENDED_PEFT_TYPE", "PEFT_FIELDS", "auto_scaling", "AUTO_REFERENCE"]
+__all__ = ["FourierFTConfig", "PEFT_TYPE", "EXTENDED_PEFT_TYPE", "PEFT_FIELDS", "auto_scaling", "AUTO_REFERENCE", "ALL_LINEAR"]
+
+ALL_LINEAR = "all-linear"  # target_modules shorthand (PEFT's): every linear layer but the output / classifier head
 
 PEFT_TYPE = "FOURIERFT"
 # Written for adapters that use features PEFT lacks: PEFT fails loudly on an unknown peft_type
@@ -127,6 +129,8 @@ class FourierFTConfig:
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass normalisation
         set_("target_modules", _as_tuple(self.target_modules, "target_modules", str))
+        if self.target_modules is not None and [t.lower() for t in ([self.target_modules] if isinstance(self.target_modules, str) else self.target_modules)] == [ALL_LINEAR]:
+            set_("target_modules", ALL_LINEAR)  # "all-linear" / ["all-linear"] in any case
         set_("exclude_modules", _as_tuple(self.exclude_modules, "exclude_modules", str))
         set_("modules_to_save", _as_tuple(self.modules_to_save, "modules_to_save", str))
         set_("layers_pattern", _as_tuple(self.layers_pattern, "layers_pattern", str))
@@ -165,9 +169,10 @@ class FourierFTConfig:
             raise ValueError(f"sampler must be one of {_SAMPLERS}, got {self.sampler!r}")
         if self.frequency_bias_width <= 0:
             raise ValueError(f"frequency_bias_width must be > 0, got {self.frequency_bias_width}")
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+        regex_targets = isinstance(self.target_modules, str) and self.target_modules != ALL_LINEAR
+        if regex_targets and self.layers_to_transform is not None:
             raise ValueError("layers_to_transform cannot be used when target_modules is a regex str; use a list")
-        if isinstance(self.target_modules, str) and self.layers_pattern is not None:
+        if regex_targets and self.layers_pattern is not None:
             raise ValueError("layers_pattern cannot be used when target_modules is a regex str; use a list")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("layers_pattern needs layers_to_transform (which layer indices to adapt)")

@@ -1,7 +1,8 @@
 """Find target modules, wrap them in adapter layers, and set what trains.
 
 Matching follows PEFT: a list entry matches a module name exactly or as a ".suffix"; a str is a
-full regex match. n_frequency_pattern / scaling_pattern keys are regexes matched against the end
+full regex match; "all-linear" is every linear layer except the model's output layer, the
+modules_to_save and (sequence classification) the classifier head, expanded to their full names. n_frequency_pattern / scaling_pattern keys are regexes matched against the end
 of the module name (``(.*\\.)?key$``); the first matching key wins.
 """
 
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from .config import FourierFTConfig
-from .layer import AdapterSpec, FourierFTEmbedding, FourierFTLayer, ModulesToSave, adapter_class_for
+from .config import ALL_LINEAR, FourierFTConfig
+from .layer import AdapterSpec, FourierFTEmbedding, FourierFTLayer, FourierFTLinear, ModulesToSave, adapter_class_for
 
-__all__ = ["inject_adapter", "adapter_layers", "modules_to_save_wrappers", "set_trainable", "default_target_modules", "replace_module"]
+__all__ = [
+    "inject_adapter", "adapter_layers", "modules_to_save_wrappers", "set_trainable", "default_target_modules", "resolve_targets", "replace_module",
+]
 
 # Defaults for transformers model types when target_modules is None (attention query and value).
 _DEFAULT_TARGETS = {
@@ -43,6 +46,40 @@ def default_target_modules(model: nn.Module) -> list[str]:
             "pass target_modules=[...] with the names of the layers to adapt (e.g. ['q_proj', 'v_proj'])"
         )
     return _DEFAULT_TARGETS[model_type]
+
+
+_CLASSIFIER_HEADS = ("classifier", "score")  # attribute names of sequence-classification heads
+
+
+def all_linear_modules(model: nn.Module, config: FourierFTConfig) -> list[str]:
+    """Full names of the layers "all-linear" adapts: nn.Linear (quantized ones included), GPT-2's Conv1D and
+    already wrapped linear layers, less the output layer (``get_output_embeddings``), the modules_to_save
+    and, for sequence classification, the ``classifier`` / ``score`` head (all with their children)."""
+    heads = []
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if config.task_type == "SEQ_CLS":
+        heads = [getattr(model, n) for n in _CLASSIFIER_HEADS if isinstance(getattr(model, n, None), nn.Module)]
+    skip = {name for name, m in model.named_modules() if m is output or any(m is h for h in heads)}
+    skip |= set(config.modules_to_save and _modules_to_save_names(model, config) or ())
+    names = []
+    for name, module in model.named_modules():
+        if not name or _inside_wrapper(name) or isinstance(module, ModulesToSave) or any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        if isinstance(module, FourierFTLinear) or (not isinstance(module, FourierFTLayer) and adapter_class_for(module) is FourierFTLinear):
+            names.append(name)
+    if not names:
+        raise ValueError(f"target_modules={ALL_LINEAR!r} found no linear layer in {type(model).__name__} besides its output layer; name the layers to adapt")
+    return names
+
+
+def resolve_targets(model: nn.Module, config: FourierFTConfig) -> FourierFTConfig:
+    """``config`` with the layers to adapt spelled out where they depend on the model: the model type's
+    default when target_modules is None, the full names when it is "all-linear" (as PEFT saves them)."""
+    if config.target_modules is None:
+        return config.replace(target_modules=default_target_modules(model))
+    if config.target_modules == ALL_LINEAR:
+        return config.replace(target_modules=all_linear_modules(model, config))
+    return config
 
 
 REGEX_TIMEOUT_S = 0.25  # per match: patterns may come from adapter files
@@ -125,7 +162,7 @@ def _inside_wrapper(name: str) -> bool:
 
 
 def _targets(model: nn.Module, config: FourierFTConfig) -> list[tuple[str, nn.Module]]:
-    targets = config.target_modules if config.target_modules is not None else default_target_modules(model)
+    targets = resolve_targets(model, config).target_modules
     found = []
     for name, module in model.named_modules():
         if isinstance(module, ModulesToSave) or _inside_wrapper(name):
@@ -223,6 +260,8 @@ def _modules_to_save_names(model: nn.Module, config: FourierFTConfig) -> list[st
         if wanted and _name_matches(name, list(wanted)):
             names.append(name)
     missing = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in names)]
+    if config.task_type == "SEQ_CLS":  # PEFT adds both head names to every sequence-classification config
+        missing = [w for w in missing if w not in _CLASSIFIER_HEADS]
     if missing:
         raise ValueError(f"modules_to_save {missing} matched no module of {type(model).__name__}")
     return names

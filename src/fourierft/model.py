@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from .config import FourierFTConfig
-from .inject import adapter_layers, default_target_modules, inject_adapter, modules_to_save_wrappers, replace_module, set_trainable
+from .inject import adapter_layers, inject_adapter, modules_to_save_wrappers, replace_module, resolve_targets, set_trainable
 from .io import CONFIG_NAME, AdapterFileError, read_adapter, write_adapter
 from .layer import BASE_ADAPTER, check_adapter_name, check_mode, per_example_adapters
 from .state import adapter_metadata, adapter_state_dict, check_file, check_layers, check_positions, check_values, load_adapter_state_dict, peft_expressible, restore_parametrization
@@ -91,8 +91,7 @@ class FourierFTModel(nn.Module):
             raise TypeError(f"config must be a FourierFTConfig, got {type(config).__name__}")
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} already exists; delete_adapter() it first or pick another name")
-        if config.target_modules is None:
-            config = config.replace(target_modules=default_target_modules(self.model))
+        config = resolve_targets(self.model, config)
         try:
             inject_adapter(self.model, config, adapter_name)
         except Exception:

@@ -23,10 +23,12 @@ def prepare_baseline(method: str, model: nn.Module, targets, heads: list[str], l
     if method in ("lora", "peft-fourierft"):
         import peft
 
+        targets = "all-linear" if [str(t).lower() for t in targets] == ["all-linear"] else list(targets)  # PEFT's shorthand is a str
+
         if method == "lora":
-            config, marker = peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=list(targets), modules_to_save=list(heads) or None), "lora_"
+            config, marker = peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=targets, modules_to_save=list(heads) or None), "lora_"
         else:  # PEFT's defaults: n_frequency 1000, scaling 150, c ~ N(0, 1)
-            config, marker = peft.FourierFTConfig(target_modules=list(targets), modules_to_save=list(heads) or None), "fourierft_"
+            config, marker = peft.FourierFTConfig(target_modules=targets, modules_to_save=list(heads) or None), "fourierft_"
         model = peft.get_peft_model(model, config)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for n, p in named if marker in n], "lr": lr}, {"params": [p for n, p in named if marker not in n], "lr": head_lr}]
