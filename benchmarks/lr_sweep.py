@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 LRS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3)
-METHODS = {"fourierft": "fourierft (defaults)", "peft-fourierft": "PEFT FourierFT (defaults)", "lora": "PEFT LoRA r8"}
+METHODS = {"fourierft": "fourierft (defaults)", "fourierft-zero-init": "fourierft, zero init", "peft-fourierft": "PEFT FourierFT (defaults)", "lora": "PEFT LoRA r8"}
+DEFAULT_METHODS = ["fourierft", "peft-fourierft", "lora"]
+SETTINGS = {"fourierft-zero-init": ["method=fourierft", "init_weights=true"]}  # rows that are a method with other settings
 
 
 def rotten_tomatoes(out: Path, train_size: int, eval_size: int, epochs: float = 1) -> list[str]:
@@ -42,7 +44,7 @@ def e2e(assets: Path, train_size: int) -> list[str]:
 
 def run(out: Path, common: list[str], method: str, lr: float) -> dict:
     if not (out / "results.json").is_file():
-        cmd = [sys.executable, "-m", "fourierft.cli", "train", *common, "--output-dir", str(out), f"method={method}", f"lr={lr:g}",
+        cmd = [sys.executable, "-m", "fourierft.cli", "train", *common, "--output-dir", str(out), *SETTINGS.get(method, [f"method={method}"]), f"lr={lr:g}",
                *([f"head_lr={lr:g}"] if "task=classification" in common else []), "seed=0", "logging_steps=10", "mixed_precision=no"]
         start = time.time()
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -87,7 +89,7 @@ def main(argv=None):
     p.add_argument("--rt-eval", type=int, default=1000)
     p.add_argument("--rt-epochs", type=float, default=1)
     p.add_argument("--lrs", type=float, nargs="*", default=list(LRS))
-    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="*", default=DEFAULT_METHODS, choices=list(METHODS))
     p.add_argument("--e2e-train", type=int, default=200)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -55,12 +55,11 @@ def all_linear_modules(model: nn.Module, config: FourierFTConfig) -> list[str]:
     """Full names of the layers "all-linear" adapts: nn.Linear (quantized ones included), GPT-2's Conv1D and
     already wrapped linear layers, less the output layer (``get_output_embeddings``), the modules_to_save
     and, for sequence classification, the ``classifier`` / ``score`` head (all with their children)."""
-    heads = []
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    heads = [model.get_output_embeddings()] if hasattr(model, "get_output_embeddings") else []
     if config.task_type == "SEQ_CLS":
-        heads = [getattr(model, n) for n in _CLASSIFIER_HEADS if isinstance(getattr(model, n, None), nn.Module)]
-    skip = {name for name, m in model.named_modules() if m is output or any(m is h for h in heads)}
-    skip |= set(config.modules_to_save and _modules_to_save_names(model, config) or ())
+        heads += [getattr(model, n, None) for n in _CLASSIFIER_HEADS]
+    skip = {name for name, m in model.named_modules() if any(m is h for h in heads)}
+    skip |= set(_modules_to_save_names(model, config))
     names = []
     for name, module in model.named_modules():
         if not name or _inside_wrapper(name) or isinstance(module, ModulesToSave) or any(name == s or name.startswith(s + ".") for s in skip):
