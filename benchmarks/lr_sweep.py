@@ -102,7 +102,7 @@ def main(argv=None):
                 r = run(args.out / f"rt-{method}-{lr:g}", common, method, lr)
                 if r:
                     acc[method, lr], loss[method, lr] = 100 * r["eval"]["eval_accuracy"], r["eval"]["eval_loss"]
-        title = f"Rotten Tomatoes, all-MiniLM-L6-v2, q,v, {args.rt_train} snippets x {args.rt_epochs:g} epoch, {args.rt_eval} held out"
+        title = f"Rotten Tomatoes, all-MiniLM-L6-v2, q,v, {args.rt_train} snippets x {args.rt_epochs:g} epoch{'s' if args.rt_epochs != 1 else ''}, {args.rt_eval} held out"
         tables += [table(title, "accuracy %", acc), verdict(acc), table(title, "held-out loss", loss, digits=3)]
     if "e2e" in args.tasks:
         common = e2e(args.assets, args.e2e_train)
