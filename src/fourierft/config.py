@@ -129,8 +129,9 @@ class FourierFTConfig:
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass normalisation
         set_("target_modules", _as_tuple(self.target_modules, "target_modules", str))
-        if self.target_modules is not None and [t.lower() for t in ([self.target_modules] if isinstance(self.target_modules, str) else self.target_modules)] == [ALL_LINEAR]:
-            set_("target_modules", ALL_LINEAR)  # "all-linear" / ["all-linear"] in any case
+        targets = (self.target_modules,) if isinstance(self.target_modules, str) else self.target_modules or ()
+        if [t.lower() for t in targets] == [ALL_LINEAR]:  # "all-linear" / ["all-linear"] in any case
+            set_("target_modules", ALL_LINEAR)
         set_("exclude_modules", _as_tuple(self.exclude_modules, "exclude_modules", str))
         set_("modules_to_save", _as_tuple(self.modules_to_save, "modules_to_save", str))
         set_("layers_pattern", _as_tuple(self.layers_pattern, "layers_pattern", str))

@@ -2,8 +2,9 @@
 
 Matching follows PEFT: a list entry matches a module name exactly or as a ".suffix"; a str is a
 full regex match; "all-linear" is every linear layer except the model's output layer, the
-modules_to_save and (sequence classification) the classifier head, expanded to their full names. n_frequency_pattern / scaling_pattern keys are regexes matched against the end
-of the module name (``(.*\\.)?key$``); the first matching key wins.
+modules_to_save and (sequence classification) the classifier head, expanded to their full names.
+n_frequency_pattern / scaling_pattern keys are regexes matched against the end of the module name
+(``(.*\\.)?key$``); the first matching key wins.
 """
 
 from __future__ import annotations
