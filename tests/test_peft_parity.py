@@ -141,6 +141,22 @@ def test_extended_adapters_are_refused_by_peft(extension, tmp_path):
     torch.testing.assert_close(logits(again, inputs), logits(ours, inputs), rtol=1e-6, atol=1e-6)
 
 
+def test_peft_token_classification_adapter_loads(tmp_path):
+    """PEFT adds both "classifier" and "score" to a TOKEN_CLS config's modules_to_save; a model has one."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(0)
+    base = BertForTokenClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100, num_labels=4)).eval()
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.FourierFTConfig(task_type="TOKEN_CLS", target_modules=["query", "value"], n_frequency=50)).eval()
+    with torch.no_grad():
+        theirs.base_model.model.classifier.modules_to_save["default"].weight.normal_()
+    theirs.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["modules_to_save"] == ["classifier", "score"]
+    ours = FourierFTModel.from_pretrained(copy.deepcopy(base), tmp_path)
+    inputs = inputs_for("ids")
+    torch.testing.assert_close(logits(ours, inputs), logits(theirs, inputs), **TOL)
+
+
 def test_fused_gpt2_adapter_is_extended_and_round_trips(tmp_path):
     base = tiny_gpt2()
     cfg = FourierFTConfig(n_frequency=40, target_modules=["c_attn"], fused_slices={"c_attn": {"chunks": 3, "adapt": [0, 2]}})

@@ -2,7 +2,7 @@
 
 Matching follows PEFT: a list entry matches a module name exactly or as a ".suffix"; a str is a
 full regex match; "all-linear" is every linear layer except the model's output layer, the
-modules_to_save and (sequence classification) the classifier head, expanded to their full names.
+modules_to_save and the task head, expanded to their full names.
 n_frequency_pattern / scaling_pattern keys are regexes matched against the end of the module name
 (``(.*\\.)?key$``); the first matching key wins.
 """
@@ -49,16 +49,16 @@ def default_target_modules(model: nn.Module) -> list[str]:
     return _DEFAULT_TARGETS[model_type]
 
 
-_CLASSIFIER_HEADS = ("classifier", "score")  # attribute names of sequence-classification heads
+# Task heads PEFT adds to modules_to_save (by attribute name) for these task types.
+_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
 
 
 def all_linear_modules(model: nn.Module, config: FourierFTConfig) -> list[str]:
     """Full names of the layers "all-linear" adapts: nn.Linear (quantized ones included), GPT-2's Conv1D and
     already wrapped linear layers, less the output layer (``get_output_embeddings``), the modules_to_save
-    and, for sequence classification, the ``classifier`` / ``score`` head (all with their children)."""
+    and the task head of classification / QA task types (all with their children)."""
     heads = [model.get_output_embeddings()] if hasattr(model, "get_output_embeddings") else []
-    if config.task_type == "SEQ_CLS":
-        heads += [getattr(model, n, None) for n in _CLASSIFIER_HEADS]
+    heads += [getattr(model, n, None) for n in _TASK_HEADS.get(config.task_type, ())]
     skip = {name for name, m in model.named_modules() if any(m is h for h in heads)}
     skip |= set(_modules_to_save_names(model, config))
     names = []
@@ -260,8 +260,7 @@ def _modules_to_save_names(model: nn.Module, config: FourierFTConfig) -> list[st
         if wanted and _name_matches(name, list(wanted)):
             names.append(name)
     missing = [w for w in wanted if not any(n == w or n.endswith("." + w) for n in names)]
-    if config.task_type == "SEQ_CLS":  # PEFT adds both head names to every sequence-classification config
-        missing = [w for w in missing if w not in _CLASSIFIER_HEADS]
+    missing = [w for w in missing if w not in _TASK_HEADS.get(config.task_type, ())]  # PEFT adds every head name
     if missing:
         raise ValueError(f"modules_to_save {missing} matched no module of {type(model).__name__}")
     return names
