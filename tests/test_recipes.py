@@ -363,6 +363,15 @@ def test_comparison_methods(tiny_model, glue_sst2, tmp_path, method, expect_trai
     assert not list((tmp_path / method).glob("checkpoints/checkpoint-*"))  # no adapter checkpoints for baselines
 
 
+@pytest.mark.parametrize("method", ["fourierft", "lora"])
+def test_all_linear_adapts_the_body_and_trains_the_head_in_full(tiny_model, glue_sst2, tmp_path, method):
+    cfg = small_cfg(tiny_model, tmp_path / method, data=str(glue_sst2), method=method, target_modules=["all-linear"], n_frequency=20, lr=1e-3, epochs=1, max_train_samples=16)
+    trained = [n for n, p in tc.train(cfg, quiet=True)["model"].named_parameters() if p.requires_grad]
+    adapters = [n for n in trained if "lora_A" in n or "fourierft_spectrum" in n]
+    assert len(adapters) == 2 * 6 + 1  # q, k, v, attention output, intermediate, output per layer; the pooler
+    assert not [n for n in adapters if "classifier" in n] and [n for n in trained if "classifier" in n]
+
+
 BAD_TRAIN_FILES = {
     "empty.csv": (b"", "is empty"),
     "header-only.csv": (b"text,label\n", "has no rows"),

@@ -24,7 +24,6 @@ def prepare_baseline(method: str, model: nn.Module, targets, heads: list[str], l
         import peft
 
         targets = "all-linear" if [str(t).lower() for t in targets] == ["all-linear"] else list(targets)  # PEFT's shorthand is a str
-
         if method == "lora":
             config, marker = peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=targets, modules_to_save=list(heads) or None), "lora_"
         else:  # PEFT's defaults: n_frequency 1000, scaling 150, c ~ N(0, 1)

@@ -51,7 +51,7 @@ class LMConfig(RunSettings):
     coefficient_scale: float = 512.0
     """Trained parameter = coefficient / coefficient_scale: 512 trains at LoRA's rates; 1 is the paper's (rates 0.02-0.1)."""
     target_modules: list[str] | None = None
-    """None: q and v projections (GPT-2: the q and v slices of c_attn)."""
+    """None: q and v projections (GPT-2: the q and v slices of c_attn); all-linear: every linear layer but lm_head."""
     random_loc_seed: int = 777
     init_weights: bool = False
     lr: float = 2e-4

@@ -65,7 +65,7 @@ class TrainConfig(RunSettings):
     coefficient_scale: float = 512.0
     """Trained parameter = coefficient / coefficient_scale: 512 trains at LoRA's rates; 1 is the paper's (rates 0.04-0.3)."""
     target_modules: list[str] | None = None
-    """None: the model type's attention query and value projections."""
+    """None: the model type's attention query and value projections; all-linear: every linear layer but the head."""
     random_loc_seed: int = 777
     init_weights: bool = False
     # optimisation

@@ -48,7 +48,7 @@ class ImageConfig(RunSettings):
     coefficient_scale: float = 512.0
     """Trained parameter = coefficient / coefficient_scale: 512 trains at LoRA's rates; 1 is the paper's (rates 0.2-0.3)."""
     target_modules: list[str] | None = None
-    """None: the model type's query and value projections (ViT)."""
+    """None: the model type's query and value projections (ViT); all-linear: every linear layer but the head."""
     n_frequency_pattern: dict[str, int] | None = None
     init_weights: bool = False
     """True: coefficients start at zero, so training starts from the pretrained network."""
