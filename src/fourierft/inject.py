@@ -63,7 +63,7 @@ def all_linear_modules(model: nn.Module, config: FourierFTConfig) -> list[str]:
     skip |= set(_modules_to_save_names(model, config))
     names = []
     for name, module in model.named_modules():
-        if not name or _inside_wrapper(name) or isinstance(module, ModulesToSave) or any(name == s or name.startswith(s + ".") for s in skip):
+        if not name or _inside_wrapper(name) or isinstance(module, ModulesToSave) or any(_within(name, s) for s in skip):
             continue
         if isinstance(module, FourierFTLinear) or (not isinstance(module, FourierFTLayer) and adapter_class_for(module) is FourierFTLinear):
             names.append(name)
@@ -157,6 +157,11 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def _within(name: str, root: str) -> bool:
+    """``name`` is the module ``root`` or one of its children."""
+    return name == root or name.startswith(root + ".")
+
+
 def _inside_wrapper(name: str) -> bool:
     return not {"base_layer", "original_module", "modules_to_save"}.isdisjoint(name.split("."))
 
@@ -185,7 +190,7 @@ def inject_adapter(model: nn.Module, config: FourierFTConfig, adapter_name: str)
     """Wrap every target of ``config`` (adding ``adapter_name`` to already wrapped ones). Returns their names."""
     targets = _targets(model, config)
     saved = _modules_to_save_names(model, config)
-    inside = [(t, s) for t, _ in targets for s in saved if t == s or t.startswith(s + ".")]
+    inside = [(t, s) for t, _ in targets for s in saved if _within(t, s)]
     if inside:
         target, head = inside[0]
         raise ValueError(
